@@ -127,8 +127,6 @@ class _GraphBuilder:
     half_wd = cfg['weight_decay'] / 2.0
     self.conv_reg = tf_keras.regularizers.L2(half_wd) if half_wd > 0 else None
     self.dw_reg = self.conv_reg if cfg['regularize_depthwise'] else None
-    self.bn_cls = (tf_keras.layers.experimental.SyncBatchNormalization
-                   if cfg['use_sync_bn'] else tf_keras.layers.BatchNormalization)
 
   @property
   def kernel_init(self):
@@ -142,8 +140,9 @@ class _GraphBuilder:
                                  self.cfg['min_depth'], self.cfg['divisible_by'])
 
   def _bn(self, x, name):
-    return self.bn_cls(momentum=self.cfg['bn_momentum'], epsilon=self.cfg['bn_epsilon'],
-                       name=name)(x)
+    return tf_keras.layers.BatchNormalization(
+        momentum=self.cfg['bn_momentum'], epsilon=self.cfg['bn_epsilon'],
+        synchronized=self.cfg['use_sync_bn'], name=name)(x)
 
   def _conv(self, x, filters, kernel, stride, name):
     return tf_keras.layers.Conv2D(
@@ -263,3 +262,50 @@ def _validate_images(inputs):
   if shape.rank == 4 and shape[-1] is not None and shape[-1] != 3:
     raise ValueError(f'MobileNetV2Backbone expects 3 channels (RGB); got {shape[-1]} '
                      f'channels in shape {shape.as_list()}')
+
+
+@factory.register_backbone_builder('mnv2_det')
+def build_mnv2_det(input_specs, backbone_config, norm_activation_config,
+                   l2_regularizer=None) -> MobileNetV2Backbone:
+  """Model Garden backbone builder for `{type: mnv2_det, mnv2_det: {...}}`.
+
+  BN momentum/epsilon come from the preset (or the explicit overrides); from
+  `norm_activation_config` only `use_sync_bn` is taken, since the activation is ReLU6 by
+  architecture. A non-None `l2_regularizer` (Model Garden's `l2_weight_decay / 2`) replaces
+  the preset's weight decay.
+  """
+  from mnv2_det.configs.backbones import PRESETS  # pylint: disable=g-import-not-at-top
+  if backbone_config.type != 'mnv2_det':
+    raise ValueError(f"build_mnv2_det needs backbone type 'mnv2_det'; got "
+                     f'{backbone_config.type!r}')
+  cfg = backbone_config.mnv2_det
+  if cfg.preset not in PRESETS:
+    raise ValueError(f'unknown backbone preset {cfg.preset!r}; choose one of {sorted(PRESETS)}')
+  preset = PRESETS[cfg.preset]
+  weight_decay = preset.weight_decay if cfg.weight_decay is None else cfg.weight_decay
+  if l2_regularizer is not None:
+    weight_decay = 2.0 * float(l2_regularizer.get_config()['l2'])
+
+  def pick(value, default):
+    return default if value is None else value
+
+  model = MobileNetV2Backbone(
+      input_specs=input_specs,
+      depth_multiplier=cfg.depth_multiplier,
+      min_depth=cfg.min_depth,
+      divisible_by=cfg.divisible_by,
+      output_stride=cfg.output_stride,
+      endpoints=list(cfg.endpoints),
+      pad_to_multiple=cfg.pad_to_multiple,
+      weight_decay=weight_decay,
+      regularize_depthwise=cfg.regularize_depthwise,
+      init_stddev=pick(cfg.init_stddev, preset.init_stddev),
+      bn_momentum=pick(cfg.bn_momentum, preset.bn_momentum),
+      bn_epsilon=pick(cfg.bn_epsilon, preset.bn_epsilon),
+      use_sync_bn=bool(norm_activation_config.use_sync_bn) if norm_activation_config else False,
+      activity_l1=cfg.activity_regularizer.l1,
+      activity_l2=cfg.activity_regularizer.l2)
+  if cfg.weights:
+    from mnv2_det.weights import load_backbone_weights  # pylint: disable=g-import-not-at-top
+    load_backbone_weights(model, cfg.weights)
+  return model

@@ -1,0 +1,283 @@
+"""SSD training losses: sigmoid classification with hard example mining, focal, smooth L1.
+
+All functions are batched, graph-safe (usable inside `tf.function`) and compute in
+float32 even when the model runs under a mixed-precision policy.
+
+Tensor conventions (shared by every function here):
+  cls_logits:    `[batch, num_anchors, num_classes]` logits; channel 0 is background.
+  box_preds:     `[batch, num_anchors, 4]` encoded (Faster R-CNN coder, see box_coder).
+  cls_targets:   `[batch, num_anchors]` int32; 0 = background, 1..num_classes-1 = object.
+                 Negative values (Model Garden's AnchorLabeler writes -1 for unmatched and
+                 ignored anchors) are treated as background.
+  box_targets:   `[batch, num_anchors, 4]` encoded regression targets.
+  positive_mask: `[batch, num_anchors]` float32, 1.0 for matched anchors.
+  anchors:       `[num_anchors, 4]` normalized `[ymin, xmin, ymax, xmax]`.
+
+The default loss follows the OD API ssdlite_mobilenet_v2_coco config (REFERENCE.md):
+weighted sigmoid classification + smooth L1 localization, both weight 1.0, hard
+example mining (CLASSIFICATION loss type) and normalization by the number of matches.
+"""
+
+import tensorflow as tf
+import tf_keras
+
+from mnv2_det.ops import box_coder
+from official.vision.losses import focal_loss as mg_focal_loss
+
+# Hard example miner settings of ssdlite_mobilenet_v2_coco.config (REFERENCE.md).
+NUM_HARD_EXAMPLES = 3000
+MINING_IOU_THRESHOLD = 0.99
+MAX_NEGATIVES_PER_POSITIVE = 3
+MIN_NEGATIVES_PER_IMAGE = 3
+
+# Smooth L1 (Huber) transition point; OD API WeightedSmoothL1LocalizationLoss default.
+HUBER_DELTA = 1.0
+
+# RetinaNet focal loss defaults (Lin et al. 2017, Model Garden RetinaNet).
+FOCAL_ALPHA = 0.25
+FOCAL_GAMMA = 2.0
+
+CLASSIFICATION_SIGMOID_HEM = 'sigmoid_hem'
+CLASSIFICATION_FOCAL = 'focal'
+CLASSIFICATION_TYPES = (CLASSIFICATION_SIGMOID_HEM, CLASSIFICATION_FOCAL)
+
+# The loss is divided by max(num_matches, MIN_NORMALIZER) (OD API
+# normalize_loss_by_num_matches).
+MIN_NORMALIZER = 1.0
+
+
+def _one_hot_targets(cls_targets, num_classes):
+  """`[B, N]` int targets -> `[B, N, C]` float32 one-hot, background column included."""
+  cls_targets = tf.maximum(tf.cast(cls_targets, tf.int32), 0)
+  return tf.one_hot(cls_targets, num_classes, dtype=tf.float32)
+
+
+def sigmoid_classification_loss(cls_logits, cls_targets):
+  """Per-anchor sigmoid cross entropy, summed over all classes.
+
+  Every channel, background (0) included, is an independent binary problem with
+  one-hot targets (OD API WeightedSigmoidClassificationLoss with a background class).
+
+  Args:
+    cls_logits: `[B, N, C]` logits (any float dtype).
+    cls_targets: `[B, N]` int class indices (values < 0 count as background).
+
+  Returns:
+    `[B, N]` float32 loss per anchor.
+  """
+  logits = tf.cast(cls_logits, tf.float32)
+  labels = _one_hot_targets(cls_targets, tf.shape(logits)[-1])
+  per_entry = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
+  return tf.reduce_sum(per_entry, axis=-1)
+
+
+def focal_classification_loss(cls_logits, cls_targets, alpha=FOCAL_ALPHA,
+                              gamma=FOCAL_GAMMA):
+  """Per-anchor sigmoid focal loss, summed over all classes (background included).
+
+  Uses Model Garden's `official.vision.losses.focal_loss.FocalLoss`:
+  `alpha_t * (1 - p_t)^gamma * CE(p_t)` per channel, alpha on positives, 1 - alpha on
+  negatives.
+
+  Args:
+    cls_logits: `[B, N, C]` logits.
+    cls_targets: `[B, N]` int class indices (values < 0 count as background).
+    alpha: weight of positive entries.
+    gamma: focusing exponent.
+
+  Returns:
+    `[B, N]` float32 loss per anchor.
+  """
+  logits = tf.cast(cls_logits, tf.float32)
+  labels = _one_hot_targets(cls_targets, tf.shape(logits)[-1])
+  loss_fn = mg_focal_loss.FocalLoss(
+      alpha=alpha, gamma=gamma, reduction=tf_keras.losses.Reduction.NONE)
+  return tf.reduce_sum(loss_fn.call(labels, logits), axis=-1)
+
+
+def smooth_l1_localization_loss(box_preds, box_targets, positive_mask,
+                                delta=HUBER_DELTA):
+  """Per-anchor Huber loss summed over the 4 encoded coordinates, positives only.
+
+  Elementwise `0.5 x^2` if `|x| <= delta` else `delta (|x| - 0.5 delta)`, with
+  `x = pred - target`.
+
+  Args:
+    box_preds: `[B, N, 4]` encoded predictions.
+    box_targets: `[B, N, 4]` encoded targets.
+    positive_mask: `[B, N]` 1.0 where the anchor is matched.
+    delta: Huber transition point.
+
+  Returns:
+    `[B, N]` float32 loss, 0 at non-positive anchors.
+  """
+  diff = tf.abs(tf.cast(box_preds, tf.float32) - tf.cast(box_targets, tf.float32))
+  quadratic = tf.minimum(diff, delta)
+  linear = diff - quadratic
+  per_coord = 0.5 * tf.square(quadratic) + delta * linear
+  return tf.reduce_sum(per_coord, axis=-1) * tf.cast(positive_mask, tf.float32)
+
+
+def hard_example_mining(cls_loss_per_anchor,
+                        decoded_boxes,
+                        positive_mask,
+                        num_hard_examples=NUM_HARD_EXAMPLES,
+                        iou_threshold=MINING_IOU_THRESHOLD,
+                        max_negatives_per_positive=MAX_NEGATIVES_PER_POSITIVE,
+                        min_negatives_per_image=MIN_NEGATIVES_PER_IMAGE,
+                        valid_mask=None):
+  """Selects the anchors that contribute to the loss (OD API HardExampleMiner).
+
+  Semantics of the OD API miner with loss_type CLASSIFICATION, per image:
+    1. Greedy NMS over the decoded boxes scored by the classification loss keeps
+       up to `num_hard_examples` anchors, in descending loss order; a box whose IoU
+       with an already kept box exceeds `iou_threshold` is skipped.
+    2. Among the kept anchors, every positive stays; negatives stay in descending
+       loss order while their count is at most
+       `max(min_negatives_per_image, floor(max_negatives_per_positive * P))`, where
+       P is the number of positives kept by step 1.
+  A positive can therefore only be dropped by step 1 (a near-duplicate box with a
+  higher loss, or more than `num_hard_examples` anchors ahead of it), exactly as in
+  the OD API. Anchors with `valid_mask == 0` (ignored) take part in the NMS but are
+  never selected.
+
+  Args:
+    cls_loss_per_anchor: `[B, N]` float per-anchor classification loss.
+    decoded_boxes: `[B, N, 4]` decoded predicted boxes, `[ymin, xmin, ymax, xmax]`.
+    positive_mask: `[B, N]` float, 1.0 for matched anchors.
+    num_hard_examples: max anchors kept by the NMS step per image.
+    iou_threshold: NMS IoU threshold.
+    max_negatives_per_positive: negatives allowed per kept positive.
+    min_negatives_per_image: negatives allowed even with no positive.
+    valid_mask: optional `[B, N]` float, 0.0 for ignored anchors.
+
+  Returns:
+    `[B, N]` float32 mask, 1.0 for selected anchors. No gradient flows through it.
+  """
+  losses = tf.stop_gradient(tf.cast(cls_loss_per_anchor, tf.float32))
+  boxes = tf.stop_gradient(tf.cast(decoded_boxes, tf.float32))
+  positives = tf.cast(positive_mask, tf.float32) > 0.0
+  if valid_mask is None:
+    negatives = tf.logical_not(positives)
+  else:
+    negatives = tf.logical_and(
+        tf.logical_not(positives), tf.cast(valid_mask, tf.float32) > 0.0)
+  num_anchors = tf.shape(losses)[1]
+
+  def _mine_one_image(args):
+    image_losses, image_boxes, image_pos, image_neg = args
+    selected = tf.image.non_max_suppression(
+        image_boxes, image_losses, max_output_size=num_hard_examples,
+        iou_threshold=iou_threshold)  # Sorted by descending loss.
+    sel_pos = tf.gather(image_pos, selected)
+    sel_neg = tf.gather(image_neg, selected)
+    num_pos = tf.reduce_sum(tf.cast(sel_pos, tf.int32))
+    max_neg = tf.maximum(
+        tf.constant(min_negatives_per_image, tf.int32),
+        tf.cast(tf.floor(float(max_negatives_per_positive) *
+                         tf.cast(num_pos, tf.float32)), tf.int32))
+    neg_rank = tf.cumsum(tf.cast(sel_neg, tf.int32))  # 1-based among negatives.
+    keep = tf.logical_or(sel_pos,
+                         tf.logical_and(sel_neg, neg_rank <= max_neg))
+    kept = tf.boolean_mask(selected, keep)
+    return tf.scatter_nd(kept[:, tf.newaxis],
+                         tf.ones_like(kept, dtype=tf.float32), [num_anchors])
+
+  return tf.map_fn(
+      _mine_one_image, (losses, boxes, positives, negatives),
+      fn_output_signature=tf.TensorSpec([None], tf.float32))
+
+
+def ssd_loss(cls_logits,
+             box_preds,
+             cls_targets,
+             box_targets,
+             positive_mask,
+             anchors,
+             classification=CLASSIFICATION_SIGMOID_HEM,
+             focal_alpha=FOCAL_ALPHA,
+             focal_gamma=FOCAL_GAMMA,
+             cls_weight=1.0,
+             loc_weight=1.0,
+             num_hard_examples=NUM_HARD_EXAMPLES,
+             mining_iou_threshold=MINING_IOU_THRESHOLD,
+             max_negatives_per_positive=MAX_NEGATIVES_PER_POSITIVE,
+             min_negatives_per_image=MIN_NEGATIVES_PER_IMAGE,
+             valid_mask=None):
+  """The SSD multibox loss, normalized by the number of matches.
+
+  `classification='sigmoid_hem'` (OD API SSDLite): per-anchor sigmoid CE summed over
+  classes; hard example mining selects anchors (see `hard_example_mining`, boxes
+  decoded from `box_preds` and `anchors`); both the classification and the
+  localization loss are summed over the selected anchors only (as the OD API miner
+  does; localization is nonzero only at positives).
+  `classification='focal'`: sigmoid focal loss over all valid anchors, no mining;
+  localization over all positives.
+
+  Both are divided by `max(sum(positive_mask), 1)` over the whole batch (OD API
+  `normalize_loss_by_num_matches`).
+
+  Args:
+    cls_logits: `[B, N, C]` logits, channel 0 = background.
+    box_preds: `[B, N, 4]` encoded box predictions.
+    cls_targets: `[B, N]` int32 targets (0 = background).
+    box_targets: `[B, N, 4]` encoded targets.
+    positive_mask: `[B, N]` float32, 1.0 for matched anchors.
+    anchors: `[N, 4]` normalized `[ymin, xmin, ymax, xmax]`.
+    classification: 'sigmoid_hem' or 'focal'.
+    focal_alpha: focal alpha (focal only).
+    focal_gamma: focal gamma (focal only).
+    cls_weight: weight of the classification term.
+    loc_weight: weight of the localization term.
+    num_hard_examples: see `hard_example_mining`.
+    mining_iou_threshold: see `hard_example_mining`.
+    max_negatives_per_positive: see `hard_example_mining`.
+    min_negatives_per_image: see `hard_example_mining`.
+    valid_mask: optional `[B, N]` float, 0.0 for ignored anchors (no
+      classification loss, never mined).
+
+  Returns:
+    dict of float32 scalars: `total_loss = cls_loss + box_loss`, `cls_loss`
+    (weighted by `cls_weight`), `box_loss` (weighted by `loc_weight`),
+    `num_positives` (matches in the batch, before the max with 1).
+
+  Raises:
+    ValueError: if `classification` is unknown.
+  """
+  if classification not in CLASSIFICATION_TYPES:
+    raise ValueError(f'classification={classification!r} is not one of '
+                     f'{CLASSIFICATION_TYPES}.')
+  positive_mask = tf.cast(positive_mask, tf.float32)
+  num_positives = tf.reduce_sum(positive_mask)
+  normalizer = tf.maximum(num_positives, MIN_NORMALIZER)
+  loc_per_anchor = smooth_l1_localization_loss(box_preds, box_targets, positive_mask)
+
+  if classification == CLASSIFICATION_SIGMOID_HEM:
+    cls_per_anchor = sigmoid_classification_loss(cls_logits, cls_targets)
+    decoded = box_coder.decode(tf.cast(box_preds, tf.float32),
+                               tf.cast(anchors, tf.float32))
+    selected = hard_example_mining(
+        cls_per_anchor, decoded, positive_mask,
+        num_hard_examples=num_hard_examples,
+        iou_threshold=mining_iou_threshold,
+        max_negatives_per_positive=max_negatives_per_positive,
+        min_negatives_per_image=min_negatives_per_image,
+        valid_mask=valid_mask)
+    cls_sum = tf.reduce_sum(cls_per_anchor * selected)
+    loc_sum = tf.reduce_sum(loc_per_anchor * selected)
+  else:
+    cls_per_anchor = focal_classification_loss(
+        cls_logits, cls_targets, alpha=focal_alpha, gamma=focal_gamma)
+    if valid_mask is not None:
+      cls_per_anchor *= tf.cast(valid_mask, tf.float32)
+    cls_sum = tf.reduce_sum(cls_per_anchor)
+    loc_sum = tf.reduce_sum(loc_per_anchor)
+
+  cls_loss = cls_weight * cls_sum / normalizer
+  box_loss = loc_weight * loc_sum / normalizer
+  return {
+      'total_loss': cls_loss + box_loss,
+      'cls_loss': cls_loss,
+      'box_loss': box_loss,
+      'num_positives': num_positives,
+  }

@@ -1,0 +1,210 @@
+"""SSD post-processing: decode, map to original image pixels, fast class-aware NMS.
+
+Pipeline per image (batched except for the NMS call itself):
+  1. Sigmoid scores of the real classes (channel 0, background, is ignored).
+  2. Top-k over the flattened `[num_anchors * (num_classes - 1)]` scores
+     (`pre_nms_top_k` candidates, each an (anchor, class) pair).
+  3. Decode the candidates' boxes (Faster R-CNN coder, `box_coder.decode`) and map
+     them to original image pixels, clipped to the image (`map_boxes_to_original`).
+  4. Class-aware greedy NMS in ONE `tf.image.non_max_suppression` call: each box is
+     shifted by `class_id * CLASS_OFFSET_STEP` (coordinates normalized to the
+     original image lie in [0, 1]) so boxes of different classes never overlap.
+  5. At most `max_per_class` per class (first in score order), then `max_total`.
+
+Steps 4-5 give the same detections as running greedy NMS separately per class over
+the candidates, keeping `max_per_class` each and merging by score (OD API
+`batch_multiclass_non_max_suppression`), because greedy NMS never lets boxes of
+different classes interact. The only approximation is step 2: a pair outside the
+global top `pre_nms_top_k` is never considered. Model Garden's
+`MultilevelDetectionGenerator` ('v2' and 'batched') is much slower on CPU with 91
+classes (REFERENCE.md); see the module tests and the lead's notes for timings.
+
+Defaults follow the OD API ssdlite_mobilenet_v2_coco config (REFERENCE.md): score
+threshold 1e-8, IoU 0.6, 100 per class, 100 total, sigmoid scores.
+"""
+
+import tensorflow as tf
+
+from mnv2_det.ops import box_coder
+
+SCORE_THRESHOLD = 1e-8
+IOU_THRESHOLD = 0.6
+MAX_PER_CLASS = 100
+MAX_TOTAL = 100
+# Candidates kept before NMS; with 100 outputs this leaves 5x headroom for
+# suppressed boxes and keeps NMS cheap.
+PRE_NMS_TOP_K = 500
+
+# Shift between classes for the coordinate-offset trick. Boxes are normalized to
+# the original image and clipped, so each class occupies a [c*2, c*2 + 1] band and
+# bands are separated by a gap of 1: no IoU across classes. float32 keeps ~1e-5
+# absolute precision at the largest offset (2 * 90), far below any IoU that matters.
+CLASS_OFFSET_STEP = 2.0
+
+# image_info rows (Model Garden convention, official/vision/ops/preprocess_ops.py).
+_ORIGINAL_SIZE_ROW = 0
+_SCALE_ROW = 2
+_OFFSET_ROW = 3
+
+
+def map_boxes_to_original(boxes, image_info, input_size):
+  """Maps normalized boxes of the network input frame to original image pixels.
+
+  Model Garden's `resize_and_crop_image` records
+  `image_info = [[original_h, original_w], [scaled_h, scaled_w],
+                 [y_scale, x_scale], [y_offset, x_offset]]`
+  and maps an original pixel `p` to the network input as `p * scale - offset`
+  (`preprocess_ops.resize_and_crop_boxes`; offset > 0 only for random crops). The
+  network input (padded) has size `input_size = (H_pad, W_pad)`. This function
+  inverts that, per coordinate pair `(y, x)`:
+
+    pixel_in_input = box_normalized * (H_pad, W_pad)
+    original       = (pixel_in_input + (y_offset, x_offset)) / (y_scale, x_scale)
+    clipped        = clip(original, 0, (original_h, original_w))
+
+  Args:
+    boxes: `[B, K, 4]` float, normalized `[ymin, xmin, ymax, xmax]` of the network
+      input frame.
+    image_info: `[B, 4, 2]` float, Model Garden image_info.
+    input_size: `(H_pad, W_pad)` python ints, or an int/float tensor of shape `[2]`
+      or `[B, 2]`.
+
+  Returns:
+    `[B, K, 4]` float32 `[ymin, xmin, ymax, xmax]` in original image pixels.
+  """
+  boxes = tf.cast(boxes, tf.float32)
+  image_info = tf.cast(image_info, tf.float32)
+  size_yx = tf.reshape(tf.cast(input_size, tf.float32), [-1, 1, 2])
+  original_yx = image_info[:, _ORIGINAL_SIZE_ROW:_ORIGINAL_SIZE_ROW + 1, :]
+  scale_yx = image_info[:, _SCALE_ROW:_SCALE_ROW + 1, :]
+  offset_yx = image_info[:, _OFFSET_ROW:_OFFSET_ROW + 1, :]
+  corners = []
+  for start in (0, 2):
+    yx = boxes[..., start:start + 2] * size_yx
+    yx = (yx + offset_yx) / scale_yx
+    corners.append(tf.clip_by_value(yx, 0.0, original_yx))
+  return tf.concat(corners, axis=-1)
+
+
+def _static_or_dynamic(tensor, axis):
+  """The static size of `tensor.shape[axis]` if known, else a scalar tensor."""
+  static = tensor.shape[axis]
+  return int(static) if static is not None else tf.shape(tensor)[axis]
+
+
+def postprocess(cls_logits,
+                box_preds,
+                anchors,
+                image_info,
+                input_size,
+                score_threshold=SCORE_THRESHOLD,
+                iou_threshold=IOU_THRESHOLD,
+                max_per_class=MAX_PER_CLASS,
+                max_total=MAX_TOTAL,
+                pre_nms_top_k=PRE_NMS_TOP_K):
+  """Decodes SSD outputs and runs class-aware NMS (see module docstring).
+
+  Args:
+    cls_logits: `[B, N, C]` logits, channel 0 = background (ignored).
+    box_preds: `[B, N, 4]` encoded box predictions.
+    anchors: `[N, 4]` normalized `[ymin, xmin, ymax, xmax]` anchors of the network
+      input frame.
+    image_info: `[B, 4, 2]` float32 Model Garden image_info (see
+      `map_boxes_to_original` for the exact coordinate mapping).
+    input_size: `(H_pad, W_pad)` of the network input: python ints or a tensor of
+      shape `[2]` or `[B, 2]`.
+    score_threshold: keep candidates with sigmoid score strictly above this.
+    iou_threshold: NMS IoU threshold (same class only).
+    max_per_class: max detections per class per image.
+    max_total: max detections per image (output padding size).
+    pre_nms_top_k: (anchor, class) candidates per image entering NMS.
+
+  Returns:
+    dict with
+      detection_boxes: `[B, max_total, 4]` float32 `[ymin, xmin, ymax, xmax]` in
+        original image pixels, zeros past `num_detections`.
+      detection_scores: `[B, max_total]` float32 sigmoid scores, descending,
+        zeros past `num_detections`.
+      detection_classes: `[B, max_total]` int32 contiguous class ids in
+        1..C-1, zeros past `num_detections`.
+      num_detections: `[B]` int32.
+
+  Raises:
+    ValueError: on inconsistent static shapes or non-positive limits.
+  """
+  if cls_logits.shape.rank != 3 or box_preds.shape.rank != 3:
+    raise ValueError(f'cls_logits and box_preds must be [B, N, C] and [B, N, 4], got '
+                     f'{cls_logits.shape} and {box_preds.shape}.')
+  num_classes = cls_logits.shape[-1]
+  if num_classes is not None and num_classes < 2:
+    raise ValueError(f'cls_logits has {num_classes} channels; need background + at '
+                     f'least one class.')
+  for name, value in (('max_per_class', max_per_class), ('max_total', max_total),
+                      ('pre_nms_top_k', pre_nms_top_k)):
+    if value < 1:
+      raise ValueError(f'{name}={value} must be >= 1.')
+
+  with tf.name_scope('ssd_postprocess'):
+    scores = tf.sigmoid(tf.cast(cls_logits[:, :, 1:], tf.float32))  # [B, N, C-1]
+    batch_size = tf.shape(scores)[0]
+    num_anchors = _static_or_dynamic(scores, 1)
+    num_fg = _static_or_dynamic(scores, 2)
+    flat_scores = tf.reshape(scores, [batch_size, -1])
+    num_pairs = num_anchors * num_fg
+    if isinstance(num_pairs, int):
+      k = min(pre_nms_top_k, num_pairs)
+    else:
+      k = tf.minimum(pre_nms_top_k, num_pairs)
+    top_scores, top_index = tf.math.top_k(flat_scores, k=k, sorted=True)  # [B, K]
+    anchor_index = top_index // num_fg
+    top_classes = top_index % num_fg + 1  # Contiguous 1..C-1.
+
+    decoded = box_coder.decode(tf.cast(box_preds, tf.float32),
+                               tf.cast(anchors, tf.float32))  # [B, N, 4]
+    top_boxes = tf.gather(decoded, anchor_index, batch_dims=1)  # [B, K, 4]
+    pixel_boxes = map_boxes_to_original(top_boxes, image_info, input_size)
+    original_yx = tf.maximum(
+        tf.cast(image_info, tf.float32)[:, _ORIGINAL_SIZE_ROW:_ORIGINAL_SIZE_ROW + 1, :],
+        1.0)
+    unit_boxes = pixel_boxes / tf.concat([original_yx, original_yx], axis=-1)
+
+    num_class_channels = num_fg + 1
+
+    # Greedy NMS can stop after max_total picks unless the per-class cap may drop
+    # some of them afterwards.
+    cap_per_class = max_per_class < max_total
+    nms_max_output = k if cap_per_class else min(max_total, k) if isinstance(
+        k, int) else tf.minimum(max_total, k)
+
+    def _nms_one_image(args):
+      boxes, image_scores, classes = args
+      shifted = boxes + CLASS_OFFSET_STEP * tf.cast(classes, tf.float32)[:, tf.newaxis]
+      selected = tf.image.non_max_suppression(
+          shifted, image_scores, max_output_size=nms_max_output,
+          iou_threshold=iou_threshold,
+          score_threshold=score_threshold)  # Descending score.
+      if cap_per_class:
+        one_hot = tf.one_hot(tf.gather(classes, selected), num_class_channels,
+                             dtype=tf.int32)
+        rank_in_class = tf.reduce_sum(tf.cumsum(one_hot, axis=0) * one_hot, axis=1) - 1
+        selected = tf.boolean_mask(selected, rank_in_class < max_per_class)
+      selected = selected[:max_total]
+      num = tf.size(selected, out_type=tf.int32)
+      padded = tf.pad(selected, [[0, max_total - num]])
+      return padded, num
+
+    keep, num_detections = tf.map_fn(
+        _nms_one_image, (unit_boxes, top_scores, top_classes),
+        fn_output_signature=(tf.TensorSpec([max_total], tf.int32),
+                             tf.TensorSpec([], tf.int32)))
+    valid = tf.range(max_total)[tf.newaxis, :] < num_detections[:, tf.newaxis]
+    valid_f = tf.cast(valid, tf.float32)
+    boxes = tf.gather(pixel_boxes, keep, batch_dims=1) * valid_f[..., tf.newaxis]
+    out_scores = tf.gather(top_scores, keep, batch_dims=1) * valid_f
+    classes = tf.gather(top_classes, keep, batch_dims=1) * tf.cast(valid, tf.int32)
+    return {
+        'detection_boxes': boxes,
+        'detection_scores': out_scores,
+        'detection_classes': tf.cast(classes, tf.int32),
+        'num_detections': num_detections,
+    }

@@ -232,6 +232,11 @@ def _to_record(image_id: int, image: dict, image_dir: str) -> ImageRecord:
       area=np.array([a[6] for a in anns], np.float32))
 
 
+def read_category_map(annotation_file: str) -> CategoryMap:
+  """CategoryMap of a COCO JSON's `categories` (validated), images not read."""
+  return _categories(_load_json(annotation_file), annotation_file)
+
+
 def read_coco(annotation_file: str, image_dir: str,
               check_images: str = image_check.DEFAULT_CHECK_LEVEL,
               on_bad_image: str = 'skip',

@@ -21,6 +21,7 @@ import tf_keras
 from official.vision.modeling.backbones import factory
 
 from mnv2_det.modeling import mobilenet_v2_spec as spec_lib
+from mnv2_det.modeling import layers
 from mnv2_det.modeling.layers import PadToMultiple
 
 SUPPORTED_OUTPUT_STRIDES = (None, 8, 16, 32)
@@ -123,26 +124,22 @@ class _GraphBuilder:
 
   def __init__(self, cfg):
     self.cfg = cfg
-    # slim.l2_regularizer(wd) is wd·Σw²/2; Keras' l2(x) is x·Σw².
-    half_wd = cfg['weight_decay'] / 2.0
-    self.conv_reg = tf_keras.regularizers.L2(half_wd) if half_wd > 0 else None
+    self.conv_reg = layers.l2_decay(cfg['weight_decay'])
     self.dw_reg = self.conv_reg if cfg['regularize_depthwise'] else None
 
   @property
   def kernel_init(self):
-    """A fresh initializer per layer (a shared unseeded one repeats its values)."""
     if self.cfg['init_stddev'] is None:
       return 'glorot_uniform'
-    return tf_keras.initializers.TruncatedNormal(stddev=self.cfg['init_stddev'])
+    return layers.truncated_normal(self.cfg['init_stddev'])
 
   def _depth(self, spec):
     return spec_lib.scaled_depth(spec, self.cfg['depth_multiplier'],
                                  self.cfg['min_depth'], self.cfg['divisible_by'])
 
   def _bn(self, x, name):
-    return tf_keras.layers.BatchNormalization(
-        momentum=self.cfg['bn_momentum'], epsilon=self.cfg['bn_epsilon'],
-        synchronized=self.cfg['use_sync_bn'], name=name)(x)
+    return layers.batch_norm(self.cfg['bn_momentum'], self.cfg['bn_epsilon'],
+                             self.cfg['use_sync_bn'], name)(x)
 
   def _conv(self, x, filters, kernel, stride, name):
     return tf_keras.layers.Conv2D(

@@ -31,9 +31,9 @@ SCORE_THRESHOLD = 1e-8
 IOU_THRESHOLD = 0.6
 MAX_PER_CLASS = 100
 MAX_TOTAL = 100
-# Candidates kept before NMS; with 100 outputs this leaves 5x headroom for
-# suppressed boxes and keeps NMS cheap.
-PRE_NMS_TOP_K = 500
+# (anchor, class) candidates kept before NMS: 10x the 100 outputs, headroom for
+# suppressed duplicates. Costs ~0.1 ms more than 500 on 2034 x 90 scores.
+PRE_NMS_TOP_K = 1000
 
 # Shift between classes for the coordinate-offset trick. Boxes are normalized to
 # the original image and clipped, so each class occupies a [c*2, c*2 + 1] band and
@@ -92,6 +92,13 @@ def _static_or_dynamic(tensor, axis):
   return int(static) if static is not None else tf.shape(tensor)[axis]
 
 
+def _minimum(a, b):
+  """min() for python ints, tf.minimum() once either is a tensor."""
+  if isinstance(a, int) and isinstance(b, int):
+    return min(a, b)
+  return tf.minimum(a, b)
+
+
 def postprocess(cls_logits,
                 box_preds,
                 anchors,
@@ -145,17 +152,15 @@ def postprocess(cls_logits,
       raise ValueError(f'{name}={value} must be >= 1.')
 
   with tf.name_scope('ssd_postprocess'):
-    scores = tf.sigmoid(tf.cast(cls_logits[:, :, 1:], tf.float32))  # [B, N, C-1]
-    batch_size = tf.shape(scores)[0]
-    num_anchors = _static_or_dynamic(scores, 1)
-    num_fg = _static_or_dynamic(scores, 2)
-    flat_scores = tf.reshape(scores, [batch_size, -1])
-    num_pairs = num_anchors * num_fg
-    if isinstance(num_pairs, int):
-      k = min(pre_nms_top_k, num_pairs)
-    else:
-      k = tf.minimum(pre_nms_top_k, num_pairs)
-    top_scores, top_index = tf.math.top_k(flat_scores, k=k, sorted=True)  # [B, K]
+    # Top-k on logits (sigmoid is monotonic), sigmoid only on the K survivors.
+    fg_logits = tf.cast(cls_logits[:, :, 1:], tf.float32)  # [B, N, C-1]
+    batch_size = tf.shape(fg_logits)[0]
+    num_fg = _static_or_dynamic(fg_logits, 2)
+    num_pairs = _static_or_dynamic(fg_logits, 1) * num_fg
+    k = _minimum(pre_nms_top_k, num_pairs)
+    top_logits, top_index = tf.math.top_k(
+        tf.reshape(fg_logits, [batch_size, -1]), k=k, sorted=True)  # [B, K]
+    top_scores = tf.sigmoid(top_logits)
     anchor_index = top_index // num_fg
     top_classes = top_index % num_fg + 1  # Contiguous 1..C-1.
 
@@ -169,12 +174,10 @@ def postprocess(cls_logits,
     unit_boxes = pixel_boxes / tf.concat([original_yx, original_yx], axis=-1)
 
     num_class_channels = num_fg + 1
-
-    # Greedy NMS can stop after max_total picks unless the per-class cap may drop
-    # some of them afterwards.
+    # Greedy NMS may stop after max_total picks unless a per-class cap can still
+    # drop some of them afterwards (then it must see all K candidates).
     cap_per_class = max_per_class < max_total
-    nms_max_output = k if cap_per_class else min(max_total, k) if isinstance(
-        k, int) else tf.minimum(max_total, k)
+    nms_max_output = k if cap_per_class else _minimum(max_total, k)
 
     def _nms_one_image(args):
       boxes, image_scores, classes = args

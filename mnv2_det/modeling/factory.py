@@ -1,0 +1,98 @@
+"""Builders: the only place that turns SSDLite configs into layers."""
+
+import numpy as np
+import tf_keras
+
+from official.vision.modeling.backbones import factory as backbone_factory
+
+from mnv2_det.configs import ssdlite as ssdlite_cfg
+from mnv2_det.modeling import backbone as _backbone  # registers 'mnv2_det'  # pylint: disable=unused-import
+from mnv2_det.modeling.feature_maps import SSDFeatureMaps
+from mnv2_det.modeling.head import SSDLiteHead
+from mnv2_det.modeling.model import SSDLiteModel
+from mnv2_det.ops import anchors as anchor_ops
+from mnv2_det.ops import padding
+
+
+def padded_input_size(model_config: ssdlite_cfg.SSDLite):
+  """(H, W) the network sees: `input_size` padded to the backbone's multiple."""
+  multiple = model_config.backbone.mnv2_det.pad_to_multiple
+  return tuple(padding.padded_size(int(s), multiple) for s in model_config.input_size[:2])
+
+
+def anchors_per_location(model_config: ssdlite_cfg.SSDLite):
+  a = model_config.anchor
+  return anchor_ops.anchors_per_location(
+      num_layers=a.num_layers, aspect_ratios=a.aspect_ratios,
+      interpolated_scale_aspect_ratio=a.interpolated_scale_aspect_ratio,
+      reduce_boxes_in_lowest_layer=a.reduce_boxes_in_lowest_layer)
+
+
+def build_anchors(model_config: ssdlite_cfg.SSDLite) -> np.ndarray:
+  """`[N, 4]` float32 normalized yxyx anchors of the padded input (OD API order)."""
+  a = model_config.anchor
+  size = padded_input_size(model_config)
+  shapes = anchor_ops.ssd_feature_map_shapes(size, num_layers=a.num_layers)
+  return anchor_ops.generate_ssd_anchors(
+      shapes, num_layers=a.num_layers, min_scale=a.min_scale, max_scale=a.max_scale,
+      aspect_ratios=a.aspect_ratios,
+      interpolated_scale_aspect_ratio=a.interpolated_scale_aspect_ratio,
+      reduce_boxes_in_lowest_layer=a.reduce_boxes_in_lowest_layer, image_shape=size)
+
+
+def build_ssdlite_model(model_config: ssdlite_cfg.SSDLite, input_specs=None) -> SSDLiteModel:
+  """Builds the detector from `model_config` (weights of the backbone loaded if set)."""
+  if model_config.anchor.num_layers != 2 + len(model_config.feature_maps.layer_depths):
+    raise ValueError(
+        f'anchor.num_layers ({model_config.anchor.num_layers}) must equal 2 base maps + '
+        f'{len(model_config.feature_maps.layer_depths)} extra layers')
+  if input_specs is None:
+    input_specs = tf_keras.layers.InputSpec(shape=[None] + list(model_config.input_size))
+  norm = model_config.norm_activation
+  backbone = backbone_factory.build_backbone(
+      input_specs=input_specs, backbone_config=model_config.backbone,
+      norm_activation_config=norm)
+  fm = model_config.feature_maps
+  feature_maps = SSDFeatureMaps(
+      layer_depths=fm.layer_depths,
+      depth_multiplier=model_config.backbone.mnv2_det.depth_multiplier,
+      min_depth=fm.min_depth, use_depthwise=fm.use_depthwise,
+      weight_decay=model_config.feature_map_weight_decay,
+      init_stddev=model_config.feature_map_init_stddev,
+      bn_momentum=norm.norm_momentum, bn_epsilon=norm.norm_epsilon,
+      use_sync_bn=norm.use_sync_bn, name='ssd_feature_maps')
+  head_cfg = model_config.head
+  head = SSDLiteHead(
+      levels=[str(l) for l in range(4, 4 + model_config.anchor.num_layers)],
+      num_anchors_per_location=anchors_per_location(model_config),
+      num_classes=model_config.num_classes, kernel_size=head_cfg.kernel_size,
+      init_stddev=head_cfg.init_stddev, weight_decay=head_cfg.weight_decay,
+      class_prior_prob=head_cfg.class_prior_prob, bn_momentum=norm.norm_momentum,
+      bn_epsilon=norm.norm_epsilon, use_sync_bn=norm.use_sync_bn, name='ssdlite_head')
+  gen = model_config.detection_generator
+  model = SSDLiteModel(
+      backbone, feature_maps, head, anchor_boxes=build_anchors(model_config),
+      input_size=model_config.input_size[:2],
+      detection_params=dict(
+          score_threshold=gen.score_threshold, iou_threshold=gen.iou_threshold,
+          max_per_class=gen.max_detections_per_class, max_total=gen.max_num_detections,
+          pre_nms_top_k=gen.pre_nms_top_k),
+      name='ssdlite_mnv2')
+  batch = input_specs.shape[0] or 1
+  model(tf_keras.backend.zeros([batch] + list(model_config.input_size)), training=False)
+  if model_config.freeze_batchnorm:
+    for layer in _all_layers(model):
+      if isinstance(layer, tf_keras.layers.BatchNormalization):
+        layer.trainable = False
+  return model
+
+
+def _all_layers(model):
+  stack, seen = list(model.layers), []
+  while stack:
+    layer = stack.pop()
+    seen.append(layer)
+    stack.extend(getattr(layer, 'layers', []) or [])
+    stack.extend(getattr(layer, '_flatten_layers', lambda **_: [])(include_self=False,
+                                                                   recursive=False))
+  return seen

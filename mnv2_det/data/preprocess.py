@@ -96,7 +96,9 @@ def resize_and_pad(image: tf.Tensor, output_size: Tuple[int, int],
     size: `[2]` float32 `(scaled_h, scaled_w)` of the image content.
   """
   size = scaled_size(tf.shape(image)[:2], output_size, resize_mode)
-  resized = tf.image.resize(tf.cast(image, tf.float32), tf.cast(size, tf.int32),
+  # A Python size keeps the static shape for 'fixed'.
+  target = list(output_size) if resize_mode == 'fixed' else tf.cast(size, tf.int32)
+  resized = tf.image.resize(tf.cast(image, tf.float32), target,
                             method=tf.image.ResizeMethod.BILINEAR)
   resized = normalize_image(tf.clip_by_value(resized, 0.0, 255.0))
   if resize_mode == 'keep_aspect':

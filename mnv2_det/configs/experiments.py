@@ -1,0 +1,109 @@
+"""Registered experiments: `ssdlite_mnv2_coco` and `ssdlite_mnv2_shapes`.
+
+The same settings are spelled out as YAML in `configs/` at the repository root.
+"""
+
+import os
+
+from official.core import config_definitions as cfg
+from official.core import exp_factory
+from official.modeling import optimization
+
+from mnv2_det.configs import backbones
+from mnv2_det.configs import ssdlite
+
+COCO_TRAIN_EXAMPLES = 118287
+COCO_VAL_EXAMPLES = 5000
+# Where `python -m mnv2_det.data.shapes DIR` writes the synthetic set by default.
+SHAPES_DIR = os.environ.get('MNV2_DET_SHAPES_DIR', 'data/shapes')
+
+
+def _restrictions():
+  return ['task.train_data.is_training != None',
+          'task.validation_data.is_training != None']
+
+
+@exp_factory.register_config_factory('ssdlite_mnv2_coco')
+def ssdlite_mnv2_coco() -> cfg.ExperimentConfig:
+  """OD API `ssdlite_mobilenet_v2_coco` at the paper's 320x320 (REFERENCE.md).
+
+  RMSProp (lr 0.004, momentum 0.9, rho 0.9, epsilon 1.0), batch 24, lr x0.95 every
+  800720 examples' worth of steps, as the OD API config; 91 outputs (COCO ids 1..90 +
+  background). Point `train_data`/`validation_data` at your COCO JSON + images.
+  """
+  batch = 24
+  steps_per_epoch = COCO_TRAIN_EXAMPLES // batch
+  task = ssdlite.SSDLiteTask(
+      model=ssdlite.SSDLite(num_classes=91, input_size=[320, 320, 3]),
+      train_data=ssdlite.DataConfig(
+          annotation_file='coco/annotations/instances_train2017.json',
+          image_dir='coco/train2017', is_training=True, global_batch_size=batch),
+      validation_data=ssdlite.DataConfig(
+          annotation_file='coco/annotations/instances_val2017.json',
+          image_dir='coco/val2017', is_training=False, global_batch_size=8,
+          drop_remainder=False))
+  return cfg.ExperimentConfig(
+      task=task,
+      runtime=cfg.RuntimeConfig(mixed_precision_dtype='float32'),
+      trainer=cfg.TrainerConfig(
+          train_steps=200 * steps_per_epoch,
+          validation_steps=COCO_VAL_EXAMPLES // 8,
+          validation_interval=steps_per_epoch,
+          steps_per_loop=100, summary_interval=100, checkpoint_interval=steps_per_epoch,
+          best_checkpoint_export_subdir='best_ckpt',
+          best_checkpoint_eval_metric='AP', best_checkpoint_metric_comp='higher',
+          optimizer_config=optimization.OptimizationConfig({
+              'optimizer': {'type': 'rmsprop', 'rmsprop': {
+                  'momentum': 0.9, 'rho': 0.9, 'epsilon': 1.0}},
+              'learning_rate': {'type': 'exponential', 'exponential': {
+                  'initial_learning_rate': 0.004, 'decay_steps': 800720,
+                  'decay_rate': 0.95, 'staircase': True}},
+              'warmup': {'type': 'linear', 'linear': {
+                  'warmup_steps': 1000, 'warmup_learning_rate': 0.0001}},
+          })),
+      restrictions=_restrictions())
+
+
+@exp_factory.register_config_factory('ssdlite_mnv2_shapes')
+def ssdlite_mnv2_shapes() -> cfg.ExperimentConfig:
+  """The built-in synthetic shapes set: small and fast on a 2-core CPU.
+
+  Same architecture family at depth multiplier 0.5 and 256x256 input, 6 classes (+
+  background). BN momentum 0.99 so moving statistics settle within a short run; SGD
+  with momentum and cosine decay.
+  """
+  train_steps = 1500
+  batch = 16
+  model = ssdlite.SSDLite(
+      num_classes=7, input_size=[256, 256, 3],
+      backbone=backbones.Backbone(type='mnv2_det', mnv2_det=backbones.MobileNetV2Det(
+          depth_multiplier=0.5, bn_momentum=0.99,
+          endpoints=['layer_15/expansion_output', 'layer_19'])))
+  model.norm_activation.norm_momentum = 0.99
+  task = ssdlite.SSDLiteTask(
+      model=model,
+      train_data=ssdlite.DataConfig(
+          annotation_file=os.path.join(SHAPES_DIR, 'annotations/instances_train.json'),
+          image_dir=os.path.join(SHAPES_DIR, 'train'), is_training=True,
+          global_batch_size=batch),
+      validation_data=ssdlite.DataConfig(
+          annotation_file=os.path.join(SHAPES_DIR, 'annotations/instances_val.json'),
+          image_dir=os.path.join(SHAPES_DIR, 'val'), is_training=False,
+          global_batch_size=16, drop_remainder=False))
+  return cfg.ExperimentConfig(
+      task=task,
+      runtime=cfg.RuntimeConfig(mixed_precision_dtype='float32'),
+      trainer=cfg.TrainerConfig(
+          train_steps=train_steps, validation_steps=-1, validation_interval=500,
+          steps_per_loop=50, summary_interval=50, checkpoint_interval=250,
+          max_to_keep=3,
+          best_checkpoint_export_subdir='best_ckpt',
+          best_checkpoint_eval_metric='AP', best_checkpoint_metric_comp='higher',
+          optimizer_config=optimization.OptimizationConfig({
+              'optimizer': {'type': 'sgd', 'sgd': {'momentum': 0.9}},
+              'learning_rate': {'type': 'cosine', 'cosine': {
+                  'initial_learning_rate': 0.08, 'decay_steps': train_steps}},
+              'warmup': {'type': 'linear', 'linear': {
+                  'warmup_steps': 100, 'warmup_learning_rate': 0.005}},
+          })),
+      restrictions=_restrictions())

@@ -1,0 +1,203 @@
+"""SSDLite as a Model Garden task: model, inputs, losses, train/validation steps, COCO eval.
+
+Follows `official.vision.tasks.retinanet.RetinaNetTask`: `train_step` calls the model with
+`training=True` inside the GradientTape, so every non-frozen BatchNorm layer updates its
+moving statistics on every step (TF2 Keras does this in place; no UPDATE_OPS to wire).
+"""
+
+from typing import Any, Dict, List, Optional
+
+from absl import logging
+import tensorflow as tf
+import tf_keras
+
+from official.core import base_task
+from official.core import task_factory
+from official.vision.evaluation import coco_evaluator
+
+from mnv2_det.configs import ssdlite as ssdlite_cfg
+from mnv2_det.data import input_pipeline
+from mnv2_det.modeling import factory
+from mnv2_det.ops import anchors as anchor_ops
+from mnv2_det.ops import losses as loss_ops
+from mnv2_det.ops import matching
+
+LOSS_KEYS = ('total_loss', 'cls_loss', 'box_loss', 'regularization_loss', 'num_positives')
+
+
+@task_factory.register_task_cls(ssdlite_cfg.SSDLiteTask)
+class SSDLiteTask(base_task.Task):
+  """Trains and evaluates MobileNetV2 + SSDLite."""
+
+  def __init__(self, params, logging_dir=None, name=None):
+    super().__init__(params, logging_dir=logging_dir, name=name)
+    self._anchors = factory.build_anchors(params.model)
+    self._category_map = None
+    self.coco_metric = None
+
+  # ----------------------------------------------------------------- model
+  def build_model(self) -> tf_keras.Model:
+    return factory.build_ssdlite_model(self.task_config.model)
+
+  def initialize(self, model: tf_keras.Model):
+    """Restores `init_checkpoint` (modules: 'all' or 'backbone') if set."""
+    path = self.task_config.init_checkpoint
+    if not path:
+      return
+    if tf.io.gfile.isdir(path):
+      path = tf.train.latest_checkpoint(path)
+    if not path:
+      raise ValueError(f'init_checkpoint {self.task_config.init_checkpoint!r} holds no '
+                       'checkpoint')
+    modules = self.task_config.init_checkpoint_modules
+    if modules in ('all', ['all']):
+      status = tf.train.Checkpoint(**model.checkpoint_items).read(path)
+      status.expect_partial().assert_existing_objects_matched()
+    else:
+      from mnv2_det.weights import load_backbone_weights  # pylint: disable=g-import-not-at-top
+      load_backbone_weights(model.backbone, path)
+    logging.info('Initialized %s from %s', modules, path)
+
+  # ----------------------------------------------------------------- data
+  @property
+  def category_map(self):
+    """Contiguous index <-> dataset category id table of the training data."""
+    if self._category_map is None:
+      data = self.task_config.train_data
+      source = data.annotation_file or self.task_config.validation_data.annotation_file
+      if not source:
+        raise ValueError('task.train_data.annotation_file (a COCO JSON) is needed for the '
+                         'category table')
+      self._category_map = input_pipeline.load_category_map(source)
+      expected = self.task_config.model.num_classes - 1
+      if self._category_map.num_classes > expected:
+        raise ValueError(
+            f'{source}: {self._category_map.num_classes} categories, but '
+            f'task.model.num_classes = {self.task_config.model.num_classes} leaves room for '
+            f'{expected} (index 0 is background)')
+    return self._category_map
+
+  def anchor_labeler(self):
+    parser = self.task_config.train_data.parser
+    anchors = tf.constant(self._anchors)
+
+    def label(gt_boxes, gt_classes):
+      targets = matching.assign_targets(
+          anchors, gt_boxes, gt_classes, match_threshold=parser.match_threshold,
+          unmatched_threshold=parser.unmatched_threshold)
+      return {k: targets[k] for k in ('cls_targets', 'box_targets', 'positive_mask',
+                                      'cls_weights')}
+    return label
+
+  def build_inputs(self, params: ssdlite_cfg.DataConfig,
+                   input_context: Optional[tf.distribute.InputContext] = None):
+    batch_size = (input_context.get_per_replica_batch_size(params.global_batch_size)
+                  if input_context else params.global_batch_size)
+    kwargs = dict(
+        is_training=params.is_training, batch_size=batch_size,
+        output_size=self.task_config.model.input_size[:2],
+        anchor_labeler=self.anchor_labeler(), resize_mode=params.parser.resize_mode,
+        max_num_instances=params.parser.max_num_instances, seed=params.seed)
+    if params.annotation_file:
+      dataset = input_pipeline.build_dataset(
+          params.annotation_file, params.image_dir, category_map=self.category_map,
+          augment_images=params.is_training and (params.parser.aug_random_flip or
+                                                 params.parser.aug_ssd_random_crop),
+          **kwargs)
+    elif params.input_path:
+      dataset = input_pipeline.build_dataset_from_tfrecords(
+          params.input_path, self.category_map, **kwargs)
+    else:
+      raise ValueError('data config needs annotation_file + image_dir (COCO JSON) or '
+                       'input_path (Model Garden TFRecords)')
+    return dataset
+
+  # ----------------------------------------------------------------- losses
+  def build_losses(self, outputs: Dict[str, Any], labels: Dict[str, Any],
+                   aux_losses: Optional[List[tf.Tensor]] = None) -> Dict[str, tf.Tensor]:
+    """SSD loss on flattened outputs plus the layers' regularization losses.
+
+    Returns float32 scalars keyed by LOSS_KEYS; `total_loss` is what is optimized.
+    """
+    config = self.task_config
+    num_classes = config.model.num_classes
+    cls_logits = tf.cast(anchor_ops.flatten_levels(outputs['cls_outputs'], num_classes),
+                         tf.float32)
+    box_preds = tf.cast(anchor_ops.flatten_levels(outputs['box_outputs'], 4), tf.float32)
+    l = config.losses
+    result = loss_ops.ssd_loss(
+        cls_logits, box_preds, labels['cls_targets'], labels['box_targets'],
+        labels['positive_mask'], tf.constant(self._anchors),
+        classification=l.classification, focal_alpha=l.focal_alpha,
+        focal_gamma=l.focal_gamma, cls_weight=l.classification_weight,
+        loc_weight=l.localization_weight, num_hard_examples=l.num_hard_examples,
+        mining_iou_threshold=l.mining_iou_threshold,
+        max_negatives_per_positive=l.max_negatives_per_positive,
+        min_negatives_per_image=l.min_negatives_per_image,
+        valid_mask=labels.get('cls_weights'))
+    regularization = (tf.add_n([tf.cast(x, tf.float32) for x in aux_losses])
+                      if aux_losses else tf.constant(0.0))
+    result = dict(result)
+    result['regularization_loss'] = regularization
+    result['total_loss'] = result['total_loss'] + regularization
+    return result
+
+  def build_metrics(self, training: bool = True):
+    metrics = [tf_keras.metrics.Mean(name, dtype=tf.float32) for name in LOSS_KEYS]
+    if not training:
+      annotation_file = (self.task_config.annotation_file or
+                         self.task_config.validation_data.annotation_file or None)
+      self.coco_metric = coco_evaluator.COCOEvaluator(
+          annotation_file=annotation_file, include_mask=False,
+          need_rescale_bboxes=False,
+          per_category_metrics=self.task_config.per_category_metrics)
+    return metrics
+
+  # ----------------------------------------------------------------- steps
+  def train_step(self, inputs, model: tf_keras.Model, optimizer, metrics=None):
+    images, labels = inputs
+    num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    with tf.GradientTape() as tape:
+      outputs = model(images, training=True)
+      losses = self.build_losses(outputs, labels, aux_losses=model.losses)
+      scaled_loss = losses['total_loss'] / num_replicas
+      if isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
+        scaled_loss = optimizer.get_scaled_loss(scaled_loss)
+    variables = model.trainable_variables
+    grads = tape.gradient(scaled_loss, variables)
+    if isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
+      grads = optimizer.get_unscaled_gradients(grads)
+    optimizer.apply_gradients(list(zip(grads, variables)))
+    return self._logs(losses, metrics)
+
+  def validation_step(self, inputs, model: tf_keras.Model, metrics=None):
+    images, labels = inputs
+    outputs = model(images, image_info=labels['image_info'], training=False)
+    losses = self.build_losses(outputs, labels, aux_losses=model.losses)
+    logs = self._logs(losses, metrics)
+    predictions = {
+        'source_id': labels['source_id'],
+        'image_info': labels['image_info'],
+        'detection_boxes': outputs['detection_boxes'],
+        'detection_scores': outputs['detection_scores'],
+        'detection_classes': self.category_map.tf_to_dataset(outputs['detection_classes']),
+        'num_detections': outputs['num_detections'],
+    }
+    logs[self.coco_metric.name] = (labels['groundtruths'], predictions)
+    return logs
+
+  def _logs(self, losses, metrics):
+    logs = {self.loss: losses['total_loss']}
+    for metric in metrics or []:
+      metric.update_state(losses[metric.name])
+    return logs
+
+  def aggregate_logs(self, state=None, step_outputs=None):
+    if state is None:
+      self.coco_metric.reset_states()
+    self.coco_metric.update_state(step_outputs[self.coco_metric.name][0],
+                                  step_outputs[self.coco_metric.name][1])
+    return True
+
+  def reduce_aggregated_logs(self, aggregated_logs, global_step=None):
+    return self.coco_metric.result()

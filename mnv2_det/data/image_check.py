@@ -8,9 +8,11 @@ file names) or rejects what fails. Check levels, cheapest first:
   'none'   : no check at all.
   'exists' : the file exists and is not empty.
   'verify' : 'exists' + Pillow opens the header, the format is one TF decodes,
-             `Image.verify()` passes (full CRC walk for PNG; JPEG only checks
-             markers) and the pixel size matches the annotation.
-  'decode' : 'verify' + a full Pillow decode; also catches truncated JPEG data.
+             `Image.verify()` passes (full chunk + CRC walk for PNG), a JPEG
+             ends with its end-of-image marker (a cut-off download otherwise
+             stops tf.io.decode_jpeg) and the pixel size matches the annotation.
+  'decode' : 'verify' + a full Pillow decode; also catches corrupt data inside
+             an otherwise well-formed file.
 """
 
 import os
@@ -22,6 +24,15 @@ CHECK_LEVELS = ('none', 'exists', 'verify', 'decode')
 DEFAULT_CHECK_LEVEL = 'verify'
 # Container formats tf.io.decode_image reads (JPEG, PNG, GIF, BMP, WebP).
 TF_DECODABLE_FORMATS = frozenset({'JPEG', 'PNG', 'GIF', 'BMP', 'WEBP', 'MPO'})
+JPEG_END_OF_IMAGE = b'\xff\xd9'
+# Some writers append bytes after the end-of-image marker; look this far back.
+JPEG_EOI_SEARCH_BYTES = 4096
+
+
+def _jpeg_has_end_marker(path: str) -> bool:
+  with open(path, 'rb') as f:
+    f.seek(max(0, os.path.getsize(path) - JPEG_EOI_SEARCH_BYTES))
+    return JPEG_END_OF_IMAGE in f.read()
 
 
 def check_image(path: str, height: int, width: int,
@@ -55,6 +66,8 @@ def check_image(path: str, height: int, width: int,
     return f'unreadable image ({type(e).__name__}: {e})'
   if fmt not in TF_DECODABLE_FORMATS:
     return f'format {fmt} is not decodable by tf.io.decode_image'
+  if fmt in ('JPEG', 'MPO') and not _jpeg_has_end_marker(path):
+    return 'truncated JPEG (no end-of-image marker)'
   if size != (width, height):
     return (f'pixel size {size[0]}x{size[1]} differs from annotation '
             f'{width}x{height} (width x height)')

@@ -190,7 +190,7 @@ def postprocess(cls_logits,
         one_hot = tf.one_hot(tf.gather(classes, selected), num_class_channels,
                              dtype=tf.int32)
         rank_in_class = tf.reduce_sum(tf.cumsum(one_hot, axis=0) * one_hot, axis=1) - 1
-        pass
+        selected = tf.boolean_mask(selected, rank_in_class < max_per_class)
       selected = selected[:max_total]
       num = tf.size(selected, out_type=tf.int32)
       padded = tf.pad(selected, [[0, max_total - num]])

@@ -8,6 +8,8 @@ experiments.
 from mnv2_det.modeling.backbone import MobileNetV2Backbone  # registers 'mnv2_det'
 from mnv2_det.configs.backbones import Backbone, MobileNetV2Det, PRESETS
 from mnv2_det.configs import experiments  # registers experiments
+from mnv2_det.weights import load_backbone_weights
 from mnv2_det.tasks import ssdlite as _ssdlite_task  # registers the task
 
-__all__ = ['MobileNetV2Backbone', 'Backbone', 'MobileNetV2Det', 'PRESETS']
+__all__ = ['MobileNetV2Backbone', 'Backbone', 'MobileNetV2Det', 'PRESETS',
+           'load_backbone_weights']

@@ -245,7 +245,11 @@ def _h5_attr_list(group, name: str) -> List[str]:
 def _keras_h5_source(path: str):
   """Reads a Keras 2 HDF5 weights file into `{(layer, weight): (dataset path, array)}`."""
   entries = {}
-  with h5py.File(path, 'r') as f:
+  try:
+    h5_file = h5py.File(path, 'r')
+  except OSError as e:
+    raise ValueError(f'cannot open HDF5 weights file {path}: {e}') from e
+  with h5_file as f:
     root = f
     if not _h5_attr_list(f, 'layer_names') and 'model_weights' in f:
       root = f['model_weights']  # a whole-model `model.save('x.h5')` file

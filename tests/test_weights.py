@@ -220,7 +220,10 @@ def test_slim_name_table():
   assert name('bn_Conv1', 'moving_variance') == 'MobilenetV2/Conv/BatchNorm/moving_variance'
   assert name('expanded_conv_depthwise', 'depthwise_kernel') == (
       'MobilenetV2/expanded_conv/depthwise/depthwise_weights')
-  assert name('block_3_project_BN', 'gamma') == 'MobilenetV2/expanded_conv_3/project/BatchNorm/gamma'
+  assert name('block_3_project_BN', 'gamma') == (
+      'MobilenetV2/expanded_conv_3/project/BatchNorm/gamma')
+  with pytest.raises(ValueError, match="'predictions' has no slim"):
+    name('predictions', 'kernel')
   assert name('Conv_1_bn', 'beta', 'FeatureExtractor/MobilenetV2/') == (
       'FeatureExtractor/MobilenetV2/Conv_1/BatchNorm/beta')
 
@@ -233,7 +236,9 @@ def test_tf2_checkpoint_round_trip(backbone, keras_file, workdir):
   wrapper.backbone = backbone  # a detector-like parent: saved as model/backbone
   prefixes = {
       'backbone': tf.train.Checkpoint(backbone=backbone).write(str(workdir / 'tf2_a' / 'ck')),
-      'model': tf.train.Checkpoint(model=backbone).write(str(workdir / 'tf2_b' / 'ck')),
+      # A checkpoint's .index file names it as well as its prefix.
+      'model': tf.train.Checkpoint(model=backbone).write(str(workdir / 'tf2_b' / 'ck')) +
+               '.index',
       'model/backbone': tf.train.Checkpoint(model=wrapper).write(str(workdir / 'tf2_c' / 'ck')),
   }
   backbone.save_weights(str(workdir / 'tf2_d' / 'ck'))
@@ -319,6 +324,12 @@ def test_other_architectures_are_rejected(backbone, workdir):
   tf2_dense = tf.train.Checkpoint(model=dense).write(str(workdir / 'dense_tf2' / 'ck'))
   with pytest.raises(ValueError, match=f'{tf2_dense} is not a MobileNetV2'):
     weights_lib.load_backbone_weights(backbone, tf2_dense)
+
+
+def test_format_comes_from_content_not_extension(backbone, keras_file, workdir):
+  renamed = str(workdir / 'mnv2_weights.ckpt')
+  shutil.copy(keras_file[0], renamed)
+  assert weights_lib.load_backbone_weights(backbone, renamed)['format'] == 'keras_h5'
 
 
 def test_bad_paths(backbone, workdir):

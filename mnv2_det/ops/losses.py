@@ -263,7 +263,7 @@ def ssd_loss(cls_logits,
         max_negatives_per_positive=max_negatives_per_positive,
         min_negatives_per_image=min_negatives_per_image,
         valid_mask=valid_mask)
-    cls_sum = tf.reduce_sum(cls_per_anchor)
+    cls_sum = tf.reduce_sum(cls_per_anchor * selected)
     loc_sum = tf.reduce_sum(loc_per_anchor * selected)
   else:
     cls_per_anchor = focal_classification_loss(

@@ -387,3 +387,27 @@ def test_ssd_random_crop_window_statistics():
     assert kept.shape[0] == new_boxes.shape[0]
   # KEEP_ORIGINAL_PROB = 0.15 plus samples where no window satisfied the option.
   assert 0.1 * trials <= full <= 0.5 * trials
+
+
+def test_make_anchor_labeler_wraps_tuple_assign_functions(shapes_data):
+  anchors = np.array([[0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1], [0, 0, 1, 1]], np.float32)
+
+  def assign(anchors, boxes, classes):  # stand-in for ops.matching.assign_targets
+    n = tf.shape(anchors)[0]
+    return (tf.fill([n], tf.reduce_max(tf.concat([classes, [0]], 0))),
+            tf.tile(anchors, [1, 1]), tf.fill([n], tf.size(classes) > 0),
+            tf.zeros([n], tf.int32))
+
+  labeler = input_pipeline.make_anchor_labeler(assign, anchors)
+  ds = input_pipeline.build_dataset(shapes_data['val_annotations'],
+                                    shapes_data['val_images'], False, 7, 64,
+                                    anchor_labeler=labeler)
+  (_, labels), = _collect(ds)
+  assert labels['cls_targets'].shape == (7, 3)
+  np.testing.assert_array_equal(labels['box_targets'][0], anchors)
+  np.testing.assert_array_equal(labels['positive_mask'][:, 0], labels['num_gt'] > 0)
+  np.testing.assert_array_equal(labels['cls_targets'][:, 0],
+                                np.maximum(labels['gt_classes'].max(1), 0))
+  bad = input_pipeline.make_anchor_labeler(lambda a, b, c: (c,), anchors)
+  with pytest.raises(ValueError, match='assign_fn returned 1 tensors'):
+    bad(tf.zeros([0, 4]), tf.zeros([0], tf.int32))

@@ -54,8 +54,38 @@ DEFAULT_TFRECORD_SHUFFLE_BUFFER = 1000
 RESERVED_LABEL_KEYS = ('image_info', 'source_id', 'gt_boxes', 'gt_classes',
                        'num_gt', 'groundtruths')
 _SEED_RANGE = 2**31 - 1
+# Order of a tuple returned by an assign function (mnv2_det.ops.matching).
+TARGET_KEYS = ('cls_targets', 'box_targets', 'positive_mask', 'matched_gt_index')
 
 AnchorLabeler = Callable[[tf.Tensor, tf.Tensor], Dict[str, tf.Tensor]]
+
+
+def make_anchor_labeler(assign_fn: Callable, anchors) -> AnchorLabeler:
+  """Adapts `assign_fn(anchors, gt_boxes, gt_classes)` to the labeler interface.
+
+  Args:
+    assign_fn: e.g. mnv2_det.ops.matching.assign_targets. It may return a dict,
+      or a tuple in TARGET_KEYS order (cls_targets [N] int32, box_targets
+      [N, 4], positive_mask [N], matched_gt_index [N]).
+    anchors: `[N, 4]` normalized yxyx anchors (array or tensor).
+
+  Returns:
+    `labeler(gt_boxes, gt_classes) -> dict`. `matched_gt_index` rows refer to
+    the unpadded gt list, i.e. to labels['gt_boxes'] rows while the image has
+    at most max_num_instances boxes.
+  """
+  anchors = tf.convert_to_tensor(anchors, tf.float32)
+
+  def labeler(gt_boxes, gt_classes):
+    targets = assign_fn(anchors, gt_boxes, gt_classes)
+    if isinstance(targets, dict):
+      return dict(targets)
+    if len(targets) != len(TARGET_KEYS):
+      raise ValueError(f'assign_fn returned {len(targets)} tensors; expected a '
+                       f'dict or a tuple of {TARGET_KEYS}')
+    return dict(zip(TARGET_KEYS, targets))
+
+  return labeler
 
 
 def _pad(tensor, size, value):

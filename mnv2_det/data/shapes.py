@@ -54,11 +54,15 @@ BACKGROUND_TINT = 15
 BACKGROUND_GRADIENT = 30
 BACKGROUND_STRIPE_AMPLITUDE = 12
 BACKGROUND_NOISE_STD = 8.0
+STRIPE_PERIOD_RANGE = (6, 40)  # pixels
 JPEG_QUALITY = 92
 # Full-resolution chroma (4:4:4) keeps small shapes' colour edges crisp.
 JPEG_SUBSAMPLING_444 = 0
 STAR_INNER_RATIO = 0.45
 CROSS_ARM_FRACTION = 1.0 / 3.0
+CROSS_MAX_ROTATION = 0.3  # radians; a plus sign stays a plus sign
+TRIANGLE_HEIGHT = np.sqrt(3) / 2  # equilateral, unit side
+MIN_SHAPE_SIDE = 8
 DEFAULT_NUM_TRAIN = 512
 DEFAULT_NUM_VAL = 128
 DEFAULT_SEED = 0
@@ -74,7 +78,7 @@ def _background(rng, height, width):
   angle = rng.uniform(0, 2 * np.pi)
   ramp = np.cos(angle) * yy / height + np.sin(angle) * xx / width
   # sin(a·y + b·x) = sin(a·y)cos(b·x) + cos(a·y)sin(b·x): two outer products.
-  frequency = 2 * np.pi / rng.uniform(6, 40)
+  frequency = 2 * np.pi / rng.uniform(*STRIPE_PERIOD_RANGE)
   stripe_angle = rng.uniform(0, np.pi)
   ay = yy * np.float32(np.cos(stripe_angle) * frequency)
   bx = xx * np.float32(np.sin(stripe_angle) * frequency)
@@ -104,13 +108,14 @@ def _shape_mask(name, w, h, rng):
   elif name == 'square':
     draw.rectangle([0, 0, w - 1, h - 1], fill=255)
   elif name == 'triangle':
-    points = [(0.5, 0.0), (1.0, 0.87), (0.0, 0.87)]
+    points = [(0.5, 0.0), (1.0, TRIANGLE_HEIGHT), (0.0, TRIANGLE_HEIGHT)]
     draw.polygon(_rotated_polygon(points, rng.uniform(0, 2 * np.pi), w, h), fill=255)
   elif name == 'cross':
     a, b = 0.5 - CROSS_ARM_FRACTION / 2, 0.5 + CROSS_ARM_FRACTION / 2
     points = [(a, 0), (b, 0), (b, a), (1, a), (1, b), (b, b), (b, 1), (a, 1),
               (a, b), (0, b), (0, a), (a, a)]
-    draw.polygon(_rotated_polygon(points, rng.uniform(-0.3, 0.3), w, h), fill=255)
+    angle = rng.uniform(-CROSS_MAX_ROTATION, CROSS_MAX_ROTATION)
+    draw.polygon(_rotated_polygon(points, angle, w, h), fill=255)
   elif name == 'star':
     k = np.arange(10)
     radius = np.where(k % 2 == 0, 1.0, STAR_INNER_RATIO)
@@ -149,8 +154,8 @@ def _place_objects(rng, height, width):
     for _ in range(PLACEMENT_TRIES):
       side = _sample_side(rng, height, width)
       aspect = rng.uniform(*ASPECT_RANGE)
-      w = int(np.clip(round(side * np.sqrt(aspect)), 8, width))
-      h = int(np.clip(round(side / np.sqrt(aspect)), 8, height))
+      w = int(np.clip(round(side * np.sqrt(aspect)), MIN_SHAPE_SIDE, width))
+      h = int(np.clip(round(side / np.sqrt(aspect)), MIN_SHAPE_SIDE, height))
       x0 = int(rng.integers(0, width - w + 1))
       y0 = int(rng.integers(0, height - h + 1))
       box = [x0, y0, x0 + w, y0 + h]

@@ -30,6 +30,11 @@ MINING_IOU_THRESHOLD = 0.99
 MAX_NEGATIVES_PER_POSITIVE = 3
 MIN_NEGATIVES_PER_IMAGE = 3
 
+# greedy_nms_survivors: neighbours (in ymin order) checked per box, and the IoU
+# slack that sends borderline pairs to the exact NMS.
+NMS_NEIGHBOR_WINDOW = 32
+_NMS_ISOLATION_MARGIN = 1e-3
+
 # Smooth L1 (Huber) transition point; OD API WeightedSmoothL1LocalizationLoss default.
 HUBER_DELTA = 1.0
 
@@ -118,6 +123,92 @@ def smooth_l1_localization_loss(box_preds, box_targets, positive_mask,
   return tf.reduce_sum(per_coord, axis=-1) * tf.cast(positive_mask, tf.float32)
 
 
+def _pairwise_iou(boxes_a, boxes_b):
+  """Elementwise IoU of broadcastable `[..., 4]` boxes; 0 where the union is empty."""
+  ymin = tf.maximum(boxes_a[..., 0], boxes_b[..., 0])
+  xmin = tf.maximum(boxes_a[..., 1], boxes_b[..., 1])
+  ymax = tf.minimum(boxes_a[..., 2], boxes_b[..., 2])
+  xmax = tf.minimum(boxes_a[..., 3], boxes_b[..., 3])
+  inter = tf.nn.relu(ymax - ymin) * tf.nn.relu(xmax - xmin)
+  area_a = (boxes_a[..., 2] - boxes_a[..., 0]) * (boxes_a[..., 3] - boxes_a[..., 1])
+  area_b = (boxes_b[..., 2] - boxes_b[..., 0]) * (boxes_b[..., 3] - boxes_b[..., 1])
+  union = area_a + area_b - inter
+  return tf.math.divide_no_nan(inter, union)
+
+
+def greedy_nms_survivors(boxes, scores, iou_threshold, window=NMS_NEIGHBOR_WINDOW):
+  """Which boxes greedy NMS keeps (no output limit); exact, fast for high thresholds.
+
+  Equals "index in `tf.image.non_max_suppression(boxes, scores, N, iou_threshold)`".
+  Plain greedy NMS costs O(N * kept), ~35 ms for 2034 boxes at IoU 0.99 on one CPU
+  core, because nearly every box is kept. Here boxes that overlap no other box by
+  more than the threshold ("isolated") are kept outright, and the C++ NMS only runs
+  on the few others: isolated boxes neither get suppressed nor suppress anything, so
+  the result is identical.
+
+  Finding the non-isolated boxes without all N^2 pairs: if IoU(a, b) > t and
+  ymin_a <= ymin_b, then inter_h <= h_a - (ymin_b - ymin_a) and inter_h > t * h_a,
+  so ymin_b - ymin_a < (1 - t) * h_a. After sorting by ymin, each box's partners
+  therefore lie in a short run after it; `window` following boxes are checked, and
+  if any run is longer than `window` the function falls back to plain NMS.
+
+  Args:
+    boxes: `[N, 4]` float32 `[ymin, xmin, ymax, xmax]`.
+    scores: `[N]` float32.
+    iou_threshold: python float; a box is suppressed when its IoU with a kept
+      higher-scoring box exceeds it.
+    window: neighbours checked per box in ymin order.
+
+  Returns:
+    `[N]` bool, True for boxes greedy NMS keeps.
+  """
+  num_boxes = tf.shape(boxes)[0]
+  # A looser threshold only moves boxes from "isolated" to the exact NMS subset, so
+  # float32 rounding of this IoU versus the kernel's can never lose a pair.
+  loose_threshold = iou_threshold - _NMS_ISOLATION_MARGIN
+  order = tf.argsort(boxes[:, 0], stable=True)
+  sorted_boxes = tf.gather(boxes, order)
+  positions = tf.range(num_boxes)
+  neighbor = positions[:, tf.newaxis] + tf.range(1, window + 1)[tf.newaxis, :]
+  neighbor_valid = neighbor < num_boxes
+  neighbor = tf.minimum(neighbor, num_boxes - 1)
+  iou = _pairwise_iou(sorted_boxes[:, tf.newaxis, :],
+                      tf.gather(sorted_boxes, neighbor))  # [N, window]
+  close = tf.logical_and(neighbor_valid, iou > loose_threshold)
+  # Partners of the box at sorted position i satisfy ymin < reach_i.
+  heights = tf.nn.relu(sorted_boxes[:, 2] - sorted_boxes[:, 0])
+  reach = sorted_boxes[:, 0] + (1.0 - loose_threshold) * heights
+  after_window = positions + window + 1
+  window_complete = tf.reduce_all(tf.logical_or(
+      after_window >= num_boxes,
+      tf.gather(sorted_boxes[:, 0], tf.minimum(after_window, num_boxes - 1)) >= reach))
+
+  def _sparse():
+    flat_close = tf.reshape(close, [-1])
+    pair_ends = tf.concat([
+        tf.boolean_mask(tf.reshape(tf.broadcast_to(positions[:, tf.newaxis],
+                                                   tf.shape(close)), [-1]), flat_close),
+        tf.boolean_mask(tf.reshape(neighbor, [-1]), flat_close)], axis=0)
+    connected_sorted = tf.scatter_nd(pair_ends[:, tf.newaxis],
+                                     tf.ones_like(pair_ends), [num_boxes]) > 0
+    connected = tf.scatter_nd(order[:, tf.newaxis], connected_sorted, [num_boxes])
+    subset = tf.reshape(tf.where(connected), [-1])  # Ascending index: ties stay put.
+    kept = tf.image.non_max_suppression(
+        tf.gather(boxes, subset), tf.gather(scores, subset),
+        max_output_size=tf.size(subset), iou_threshold=iou_threshold)
+    kept_subset = tf.gather(subset, kept)
+    kept_mask = tf.scatter_nd(kept_subset[:, tf.newaxis],
+                              tf.ones_like(kept_subset, tf.int32), [num_boxes]) > 0
+    return tf.logical_or(tf.logical_not(connected), kept_mask)
+
+  def _dense():
+    kept = tf.image.non_max_suppression(boxes, scores, max_output_size=num_boxes,
+                                        iou_threshold=iou_threshold)
+    return tf.scatter_nd(kept[:, tf.newaxis], tf.ones_like(kept), [num_boxes]) > 0
+
+  return tf.cond(window_complete, _sparse, _dense)
+
+
 def hard_example_mining(cls_loss_per_anchor,
                         decoded_boxes,
                         positive_mask,
@@ -166,22 +257,23 @@ def hard_example_mining(cls_loss_per_anchor,
 
   def _mine_one_image(args):
     image_losses, image_boxes, image_pos, image_neg = args
-    selected = tf.image.non_max_suppression(
-        image_boxes, image_losses, max_output_size=num_hard_examples,
-        iou_threshold=iou_threshold)  # Sorted by descending loss.
-    sel_pos = tf.gather(image_pos, selected)
-    sel_neg = tf.gather(image_neg, selected)
+    survivors = greedy_nms_survivors(image_boxes, image_losses, iou_threshold)
+    # Greedy NMS emits survivors by descending score, ties by lower index.
+    order = tf.argsort(-image_losses, stable=True)
+    in_nms_output = tf.gather(survivors, order)
+    nms_rank = tf.cumsum(tf.cast(in_nms_output, tf.int32))  # 1-based.
+    candidate = tf.logical_and(in_nms_output, nms_rank <= num_hard_examples)
+    sel_pos = tf.logical_and(candidate, tf.gather(image_pos, order))
+    sel_neg = tf.logical_and(candidate, tf.gather(image_neg, order))
     num_pos = tf.reduce_sum(tf.cast(sel_pos, tf.int32))
     max_neg = tf.maximum(
         tf.constant(min_negatives_per_image, tf.int32),
         tf.cast(tf.floor(float(max_negatives_per_positive) *
                          tf.cast(num_pos, tf.float32)), tf.int32))
     neg_rank = tf.cumsum(tf.cast(sel_neg, tf.int32))  # 1-based among negatives.
-    keep = tf.logical_or(sel_pos,
-                         tf.logical_and(sel_neg, neg_rank <= max_neg))
-    kept = tf.boolean_mask(selected, keep)
-    return tf.scatter_nd(kept[:, tf.newaxis],
-                         tf.ones_like(kept, dtype=tf.float32), [num_anchors])
+    keep = tf.logical_or(sel_pos, tf.logical_and(sel_neg, neg_rank <= max_neg))
+    return tf.scatter_nd(order[:, tf.newaxis], tf.cast(keep, tf.float32),
+                         [num_anchors])
 
   return tf.map_fn(
       _mine_one_image, (losses, boxes, positives, negatives),

@@ -82,6 +82,62 @@ def test_focal_loss_golden():
   np.testing.assert_allclose(out['num_positives'].numpy(), 1.0)
 
 
+def _plain_nms_survivors(boxes, scores, iou_threshold):
+  kept = tf.image.non_max_suppression(boxes, scores, len(boxes), iou_threshold)
+  mask = np.zeros(len(boxes), bool)
+  mask[kept.numpy()] = True
+  return mask
+
+
+def _clustered_boxes(rng, num_boxes):
+  """Random boxes plus near-duplicate chains (IoU ~0.99), exact copies, rows sharing
+  one ymin (like an anchor grid), and zero-height boxes."""
+  cy, cx = rng.uniform(0.0, 1.0, (2, num_boxes))
+  h, w = rng.uniform(0.02, 0.6, (2, num_boxes))
+  boxes = np.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], -1)
+  for i in range(0, num_boxes // 2, 5):  # Chains a -> a+jitter -> a+2*jitter.
+    jitter = rng.uniform(-1.0, 1.0, 4) * 0.002 * h[i]
+    boxes[i + 1] = boxes[i] + jitter
+    boxes[i + 2] = boxes[i] + 2.0 * jitter
+    boxes[i + 3] = boxes[i]  # Exact duplicate.
+  row = num_boxes // 2
+  boxes[row:row + 40, 0] = 0.3  # 40 boxes with the same ymin, as in an anchor row.
+  boxes[row:row + 40, 2] = 0.4
+  boxes[row + 40:row + 44, 2] = boxes[row + 40:row + 44, 0]  # Zero height.
+  return boxes.astype(np.float32)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+@pytest.mark.parametrize('iou_threshold,window', [(0.99, 32), (0.99, 2), (0.9, 4),
+                                                  (0.5, 32)])
+def test_greedy_nms_survivors_equals_plain_nms(seed, iou_threshold, window):
+  rng = np.random.default_rng(seed)
+  boxes = _clustered_boxes(rng, 300)
+  # Quantized scores: many exact ties, which both must break by lower index.
+  scores = np.round(rng.uniform(0.0, 1.0, 300), 1).astype(np.float32)
+  got = losses.greedy_nms_survivors(tf.constant(boxes), tf.constant(scores),
+                                    iou_threshold, window=window).numpy()
+  expected = _plain_nms_survivors(boxes, scores, iou_threshold)
+  assert (~expected).sum() > 0  # Something is suppressed: the test has teeth.
+  np.testing.assert_array_equal(got, expected)
+
+
+def test_mining_equals_od_api_reference_on_clustered_boxes():
+  """Full mining against a direct transcription of the OD API steps (plain NMS)."""
+  rng = np.random.default_rng(4)
+  num_anchors = 300
+  boxes = np.stack([_clustered_boxes(rng, num_anchors) for _ in range(2)])
+  loss = np.round(rng.uniform(0.0, 1.0, (2, num_anchors)), 2).astype(np.float32)
+  positive = (rng.uniform(size=(2, num_anchors)) < 0.03).astype(np.float32)
+  mask = _mine(loss, positive, boxes=boxes, num_hard_examples=200)
+  for b in range(2):
+    selected = tf.image.non_max_suppression(boxes[b], loss[b], 200, 0.99).numpy()
+    pos = [i for i in selected if positive[b, i]]
+    neg = [i for i in selected if not positive[b, i]]
+    expected = set(pos) | set(neg[:max(3, 3 * len(pos))])
+    assert set(np.flatnonzero(mask[b])) == expected
+
+
 def test_mining_ratio_minimum_and_positives():
   rng = np.random.default_rng(0)
   num_anchors = 40
@@ -119,7 +175,7 @@ def test_mining_num_hard_examples_limits_candidates():
   # OD API semantics: only the num_hard_examples hardest (after NMS) are candidates,
   # so a positive ranked below them is not selected.
   loss = np.array([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4]])
-  positive = np.array([[0, 1, 0, 0, 0, 1]], np.float32)
+  positive = np.array([[0, 1, 0, 0, 1, 1]], np.float32)  # Ranks 2, 5 and 6.
   mask = _mine(loss, positive, num_hard_examples=4)
   np.testing.assert_array_equal(mask, [[1, 1, 1, 1, 0, 0]])
 

@@ -32,6 +32,10 @@ def _np_iou(a, b):
   return inter / union if union > 0 else 0.0
 
 
+def _area(box):
+  return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+
+
 def _brute_force(logits, boxes_px, score_thr, iou_thr, max_per_class, max_total,
                  top_k):
   """Per-class greedy NMS over the global top-k (anchor, class) pairs, one image.
@@ -48,7 +52,8 @@ def _brute_force(logits, boxes_px, score_thr, iou_thr, max_per_class, max_total,
   order = np.argsort(-flat, kind='stable')[:top_k]
   detections = []
   for cls in range(1, num_fg + 1):
-    cands = [i for i in order if i % num_fg + 1 == cls and flat[i] > score_thr]
+    cands = [i for i in order if i % num_fg + 1 == cls and flat[i] > score_thr
+             and _area(boxes_px[i // num_fg]) > 0]
     kept = []
     for i in cands:  # Already in descending score order.
       box = boxes_px[i // num_fg]
@@ -137,6 +142,17 @@ def test_postprocess_returns_original_pixels():
                              1.0 / (1.0 + np.exp(-3.0)), rtol=1e-6)
   np.testing.assert_allclose(out['detection_boxes'].numpy()[0, 0],
                              [160.0, 336.0, 416.0, 640.0], atol=1e-3)
+
+
+def test_boxes_outside_the_image_are_dropped():
+  # Anchor 0 lies right of the image (x in [1.1, 1.3]): clipped to zero width.
+  anchors = tf.constant([[0.1, 1.1, 0.3, 1.3], [0.1, 0.1, 0.3, 0.3]])
+  logits = tf.constant([[[0.0, 5.0], [0.0, 1.0]]])
+  out = pp.postprocess(logits, tf.zeros([1, 2, 4]), anchors,
+                       tf.constant([_IDENTITY_INFO]), input_size=(300, 400))
+  assert out['num_detections'].numpy().tolist() == [1]
+  np.testing.assert_allclose(out['detection_boxes'].numpy()[0, 0],
+                             [30.0, 40.0, 90.0, 120.0], atol=1e-3)
 
 
 def test_all_scores_below_threshold_gives_no_detections():

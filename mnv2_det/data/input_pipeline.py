@@ -198,8 +198,12 @@ def _load_image(element):
 
 def _assemble(dataset, decode_fn, parser, batch_size, shuffle_buffer, is_training,
               seed, repeat=None, shuffle=None, deterministic=None,
-              drop_remainder=None):
-  """Shuffles, repeats, decodes + parses in parallel, batches, prefetches."""
+              drop_remainder=None, input_context=None):
+  """Shards, shuffles, repeats, decodes + parses in parallel, batches, prefetches.
+
+  With a `tf.distribute.InputContext` of several input pipelines (multi-worker), each
+  pipeline reads its own `1 / num_input_pipelines` shard of the records.
+  """
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}')
   pick = lambda value, default: default if value is None else value
@@ -209,6 +213,9 @@ def _assemble(dataset, decode_fn, parser, batch_size, shuffle_buffer, is_trainin
   drop_remainder = pick(drop_remainder, is_training)
   base_seed = seed if seed is not None else int(
       np.random.default_rng().integers(_SEED_RANGE))
+  if input_context is not None and input_context.num_input_pipelines > 1:
+    dataset = dataset.shard(input_context.num_input_pipelines,
+                            input_context.input_pipeline_id)
   if shuffle:
     dataset = dataset.shuffle(shuffle_buffer, seed=base_seed,
                               reshuffle_each_iteration=True)
@@ -237,7 +244,9 @@ def build_dataset_from_coco(coco: coco_reader.CocoDataset, is_training: bool,
                             repeat: Optional[bool] = None,
                             shuffle: Optional[bool] = None,
                             deterministic: Optional[bool] = None,
-                            drop_remainder: Optional[bool] = None) -> tf.data.Dataset:
+                            drop_remainder: Optional[bool] = None,
+                            input_context: Optional[tf.distribute.InputContext] = None
+                            ) -> tf.data.Dataset:
   """Pipeline over an already read CocoDataset; arguments as build_dataset."""
   if not coco.records:
     raise ValueError(f'{coco.annotation_file}: no usable images (skipped '
@@ -250,7 +259,8 @@ def build_dataset_from_coco(coco: coco_reader.CocoDataset, is_training: bool,
                   max_num_instances=max_num_instances)
   dataset = tf.data.Dataset.from_tensor_slices(_record_slices(coco.records))
   return _assemble(dataset, _load_image, parser, batch_size, len(coco.records),
-                   is_training, seed, repeat, shuffle, deterministic, drop_remainder)
+                   is_training, seed, repeat, shuffle, deterministic, drop_remainder,
+                   input_context)
 
 
 def build_dataset(annotation_file: str, image_dir: str, is_training: bool,
@@ -282,7 +292,8 @@ def build_dataset(annotation_file: str, image_dir: str, is_training: bool,
       default: built from the file's categories.
     check_images, on_bad_image: see coco_reader.read_coco.
     **kwargs: augment_images, include_groundtruths, repeat, shuffle,
-      deterministic, drop_remainder (bool or None for the default).
+      deterministic, drop_remainder (bool or None for the default), and
+      input_context (a tf.distribute.InputContext: shard per input pipeline).
 
   Returns:
     tf.data.Dataset of `(images, labels)`; see the module docstring.

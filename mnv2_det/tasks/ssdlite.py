@@ -97,7 +97,8 @@ class SSDLiteTask(base_task.Task):
         is_training=params.is_training, batch_size=batch_size,
         output_size=self.task_config.model.input_size[:2],
         anchor_labeler=self.anchor_labeler(), resize_mode=params.parser.resize_mode,
-        max_num_instances=params.parser.max_num_instances, seed=params.seed)
+        max_num_instances=params.parser.max_num_instances, seed=params.seed,
+        input_context=input_context)
     if params.annotation_file:
       dataset = input_pipeline.build_dataset(
           params.annotation_file, params.image_dir, category_map=self.category_map,

@@ -1,0 +1,422 @@
+"""COCO box evaluation of any detector callable with pycocotools, and tools/eval.py.
+
+    python tools/eval.py --experiment ssdlite_mnv2_shapes --checkpoint runs/shapes \
+        [--best] [--config_file x.yaml] [--params_override k=v,...] \
+        [--report report.json] [--detections results.json] [--max_images N]
+
+`evaluate(detect_fn, dataset, category_map, annotation_file)` takes any
+`detect_fn(images, image_info) -> dict` (a Keras model, a SavedModel signature, a
+TFLite interpreter wrapper) and talks to pycocotools directly, handling its traps
+(REFERENCE.md, "pycocotools COCOeval facts"):
+  * an empty result list makes `COCO.loadRes` raise IndexError: we build an empty
+    result set instead, so every stat is 0 (or -1 where there is no ground truth);
+  * results carry the DATASET category ids (category_map) and absolute [x, y, w, h];
+  * ground truth without `area` / `iscrowd` gets `area = w * h`, `iscrowd = 0`;
+  * an unknown image id is a ValueError naming the annotation file;
+  * an area range (or class) with no ground truth gives pycocotools' -1, which we
+    keep but list under `stats_without_groundtruth` / mark in the printed table.
+"""
+
+import argparse
+import contextlib
+import copy
+import io
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+from official.core import exp_factory
+from official.core import task_factory
+from official.modeling import hyperparams
+
+import mnv2_det  # pylint: disable=unused-import  # registers backbone, task, experiments
+from mnv2_det.data.category_map import UNKNOWN, CategoryMap
+
+# COCOeval.stats order (REFERENCE.md).
+STAT_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl',
+              'ARmax1', 'ARmax10', 'ARmax100', 'ARs', 'ARm', 'ARl')
+# pycocotools' value for "no ground truth in this range / class".
+NO_GROUNDTRUTH = -1.0
+NO_GROUNDTRUTH_NOTE = ('-1 = no ground truth in this area range / class '
+                       '(pycocotools convention), not a score')
+# Indices into COCOeval.eval['precision'] `[T, R, K, A, M]`.
+_AREA_ALL = 0
+_MAX_DETS_LAST = -1
+_IOU_50 = 0
+DETECTION_KEYS = ('detection_boxes', 'detection_scores', 'detection_classes',
+                  'num_detections')
+
+# detect_fn(images [B, H, W, 3] float32, image_info [B, 4, 2] float32) -> dict with
+# DETECTION_KEYS: boxes [B, K, 4] ORIGINAL-image pixels [ymin, xmin, ymax, xmax],
+# scores [B, K], classes [B, K] contiguous indices 1..num_classes-1, num_detections [B].
+DetectFn = Callable[[Any, Any], Mapping[str, Any]]
+
+
+def model_detect_fn(model, input_size: Sequence[int]) -> DetectFn:
+  """A tf.function over an SSDLiteModel in inference mode (input [None, H, W, 3])."""
+  h, w = int(input_size[0]), int(input_size[1])
+
+  @tf.function(input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32),
+                                tf.TensorSpec([None, 4, 2], tf.float32)])
+  def detect(images, image_info):
+    outputs = model(images, image_info=image_info, training=False)
+    return {k: outputs[k] for k in DETECTION_KEYS}
+  return detect
+
+
+def to_coco_results(source_ids, detections: Mapping[str, Any],
+                    category_map: CategoryMap) -> List[Dict[str, Any]]:
+  """Converts one batch of detections to COCO result dicts.
+
+  Args:
+    source_ids: `[B]` int COCO image ids.
+    detections: DETECTION_KEYS arrays (numpy or eager tensors), boxes in original
+      image pixels `[ymin, xmin, ymax, xmax]`, classes contiguous.
+    category_map: contiguous index -> dataset category id table.
+
+  Returns:
+    `[{image_id, category_id (dataset id), bbox [x, y, w, h] absolute, score}]`;
+    detections whose class maps to no dataset id (background, out of range) are
+    dropped.
+  """
+  boxes = np.asarray(detections['detection_boxes'], np.float64)
+  scores = np.asarray(detections['detection_scores'], np.float64)
+  classes = np.asarray(detections['detection_classes']).astype(np.int64)
+  counts = np.asarray(detections['num_detections']).astype(np.int64).reshape([-1])
+  to_dataset = category_map.to_dataset
+  results = []
+  for b, image_id in enumerate(np.asarray(source_ids).reshape([-1])):
+    n = int(counts[b])
+    cls = classes[b, :n]
+    valid = (cls >= 0) & (cls < len(to_dataset))
+    ids = np.full(cls.shape, UNKNOWN, np.int64)
+    ids[valid] = to_dataset[cls[valid]]
+    for k in np.flatnonzero(ids != UNKNOWN):
+      ymin, xmin, ymax, xmax = boxes[b, k]
+      results.append({'image_id': int(image_id), 'category_id': int(ids[k]),
+                      'bbox': [float(xmin), float(ymin), float(xmax - xmin),
+                               float(ymax - ymin)],
+                      'score': float(scores[b, k])})
+  return results
+
+
+def load_groundtruth(annotation_file: str) -> COCO:
+  """Reads a COCO JSON, filling missing `area` (w * h) and `iscrowd` (0)."""
+  if not os.path.isfile(annotation_file):
+    raise ValueError(f'annotation file {annotation_file!r} does not exist')
+  with open(annotation_file, 'r', encoding='utf-8') as f:
+    data = json.load(f)
+  for key in ('images', 'annotations', 'categories'):
+    if key not in data:
+      raise ValueError(f'{annotation_file}: not a COCO instances file (no {key!r})')
+  for ann in data['annotations']:
+    ann.setdefault('iscrowd', 0)
+    if 'area' not in ann:
+      ann['area'] = float(ann['bbox'][2] * ann['bbox'][3])
+  coco = COCO()
+  coco.dataset = data
+  with contextlib.redirect_stdout(io.StringIO()):
+    coco.createIndex()
+  return coco
+
+
+def coco_evaluate(groundtruth: COCO, results: List[Dict[str, Any]],
+                  image_ids: Sequence[int], annotation_file: str = '') -> Dict[str, Any]:
+  """Runs COCOeval (bbox) on `image_ids`; returns stats and per-class AP.
+
+  Returns dict: `stats` {STAT_NAMES: float}, `stats_without_groundtruth` [names at
+  -1], `per_class` [{name, dataset_id, num_groundtruths, AP, AP50}].
+  """
+  known = set(groundtruth.getImgIds())
+  unknown = sorted({int(i) for i in image_ids} - known |
+                   {r['image_id'] for r in results} - known)
+  if unknown:
+    raise ValueError(f'{annotation_file or "ground truth"}: image ids {unknown[:10]} are '
+                     'not in the annotation file')
+  if results:
+    with contextlib.redirect_stdout(io.StringIO()):
+      detections = groundtruth.loadRes(copy.deepcopy(results))
+  else:  # loadRes([]) raises IndexError: an empty, well-formed result set instead.
+    detections = COCO()
+    detections.dataset = {'images': list(groundtruth.dataset['images']),
+                          'categories': copy.deepcopy(groundtruth.dataset['categories']),
+                          'annotations': []}
+    with contextlib.redirect_stdout(io.StringIO()):
+      detections.createIndex()
+  evaluator = COCOeval(groundtruth, detections, 'bbox')
+  evaluator.params.imgIds = sorted(int(i) for i in image_ids)
+  with contextlib.redirect_stdout(io.StringIO()):
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+  stats = {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats)}
+  precision = evaluator.eval['precision']  # [T, R, K, A, M]; -1 where no gt.
+  per_class = []
+  for k, cat_id in enumerate(evaluator.params.catIds):
+    p_all = precision[:, :, k, _AREA_ALL, _MAX_DETS_LAST]
+    p_50 = precision[_IOU_50, :, k, _AREA_ALL, _MAX_DETS_LAST]
+    num_gt = len(groundtruth.getAnnIds(imgIds=evaluator.params.imgIds, catIds=[cat_id],
+                                       iscrowd=False))
+    per_class.append({
+        'name': groundtruth.cats[cat_id].get('name', str(cat_id)),
+        'dataset_id': int(cat_id), 'num_groundtruths': num_gt,
+        'AP': _mean_valid(p_all), 'AP50': _mean_valid(p_50)})
+  return {'stats': stats,
+          'stats_without_groundtruth': [n for n, v in stats.items() if v == NO_GROUNDTRUTH],
+          'per_class': per_class}
+
+
+def _mean_valid(values):
+  valid = values[values > NO_GROUNDTRUTH]
+  return float(np.mean(valid)) if valid.size else NO_GROUNDTRUTH
+
+
+def evaluate(detect_fn: DetectFn, dataset, category_map: CategoryMap,
+             annotation_file: str, max_images: Optional[int] = None,
+             detections_file: Optional[str] = None) -> Dict[str, Any]:
+  """Runs `detect_fn` over `dataset` and evaluates with pycocotools.
+
+  Args:
+    detect_fn: see DetectFn.
+    dataset: iterable of `(images [B, H, W, 3] float32, labels)` with
+      labels['image_info'] `[B, 4, 2]` and labels['source_id'] `[B]` (the SSDLite
+      task's validation pipeline).
+    category_map: contiguous index <-> dataset id table of the model.
+    annotation_file: the COCO JSON the dataset was read from.
+    max_images: evaluate only the first N images (None: all).
+    detections_file: optional path to write the COCO results JSON.
+
+  Returns:
+    dict: the `coco_evaluate` keys plus annotation_file, num_images,
+    num_detections, detect_seconds and images_per_second (detect_fn time only,
+    excluding the first batch, which includes tracing, when there are more).
+  """
+  if max_images is not None and max_images < 1:
+    raise ValueError(f'max_images must be >= 1, got {max_images}')
+  groundtruth = load_groundtruth(annotation_file)
+  results, image_ids, batch_times = [], [], []
+  for images, labels in dataset:
+    source_ids = np.asarray(labels['source_id']).reshape([-1])
+    image_info = labels['image_info']
+    if max_images is not None:
+      keep = max_images - len(image_ids)
+      if keep <= 0:
+        break
+      images, image_info, source_ids = images[:keep], image_info[:keep], source_ids[:keep]
+    start = time.perf_counter()
+    outputs = detect_fn(images, image_info)
+    outputs = {k: np.asarray(outputs[k]) for k in DETECTION_KEYS}
+    batch_times.append((time.perf_counter() - start, len(source_ids)))
+    results.extend(to_coco_results(source_ids, outputs, category_map))
+    image_ids.extend(int(i) for i in source_ids)
+  if not image_ids:
+    raise ValueError(f'the dataset for {annotation_file} yielded no images')
+  timed = batch_times[1:] if len(batch_times) > 1 else batch_times
+  seconds = sum(t for t, _ in timed)
+  report = {'annotation_file': annotation_file, 'num_images': len(image_ids),
+            'num_detections': len(results)}
+  report.update(coco_evaluate(groundtruth, results, image_ids, annotation_file))
+  report['detect_seconds'] = sum(t for t, _ in batch_times)
+  report['images_per_second'] = sum(n for _, n in timed) / max(seconds, 1e-9)
+  report['note'] = NO_GROUNDTRUTH_NOTE
+  if detections_file:
+    with open(detections_file, 'w', encoding='utf-8') as f:
+      json.dump(results, f)
+  return report
+
+
+def _fmt(value):
+  return f'{value:7.3f}' + ('  (no ground truth)' if value == NO_GROUNDTRUTH else '')
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+  """Human-readable stats by name, per-class table and speed."""
+  lines = [f'{report["num_images"]} images, {report["num_detections"]} detections, '
+           f'{report["images_per_second"]:.2f} images/s']
+  lines += [f'{name:9s}{_fmt(value)}' for name, value in report['stats'].items()]
+  lines.append(f'{"class":16s}{"id":>5s}{"#gt":>6s}{"AP":>8s}{"AP50":>8s}')
+  for row in report['per_class']:
+    mark = '  (no ground truth)' if row['AP'] == NO_GROUNDTRUTH else ''
+    lines.append(f'{row["name"][:16]:16s}{row["dataset_id"]:5d}{row["num_groundtruths"]:6d}'
+                 f'{row["AP"]:8.3f}{row["AP50"]:8.3f}{mark}')
+  if report['stats_without_groundtruth']:
+    lines.append(f'note: {NO_GROUNDTRUTH_NOTE}')
+  return '\n'.join(lines)
+
+
+# ----------------------------------------------------------------- checkpoints & config
+PARAMS_FILE = 'params.yaml'
+BEST_CKPT_SUBDIR = 'best_ckpt'
+CHECKPOINT_MODEL_KEY = 'model'  # Model Garden trainer: tf.train.Checkpoint(model=...)
+_OBJECT_GRAPH_KEY = '_CHECKPOINTABLE_OBJECT_GRAPH'
+_VARIABLE_ATTRIBUTE = 'VARIABLE_VALUE'
+ERROR_EXIT_CODE = 2
+
+
+def resolve_checkpoint(path: str, best: bool = False) -> Tuple[str, Optional[str]]:
+  """Checkpoint prefix and params.yaml (or None) for a model_dir or a prefix.
+
+  A model_dir gives its latest checkpoint (or `best_ckpt/`'s with `best`) and its
+  params.yaml. A prefix (e.g. `run/ckpt-60`) gives the params.yaml of its folder,
+  or of the parent folder for a prefix inside `best_ckpt/`.
+  """
+  if tf.io.gfile.isdir(path):
+    model_dir = path
+    folder = os.path.join(path, BEST_CKPT_SUBDIR) if best else path
+    if best and not tf.io.gfile.isdir(folder):
+      raise ValueError(f'--best: {path} has no {BEST_CKPT_SUBDIR}/ folder')
+    prefix = tf.train.latest_checkpoint(folder)
+    if not prefix:
+      raise ValueError(f'{folder} holds no checkpoint (no "checkpoint" index file)')
+  elif tf.io.gfile.exists(path + '.index'):
+    prefix, folder = path, os.path.dirname(os.path.abspath(path))
+    model_dir = (os.path.dirname(folder) if os.path.basename(folder) == BEST_CKPT_SUBDIR
+                 else folder)
+  else:
+    raise ValueError(f'checkpoint {path} does not exist (neither a folder nor a '
+                     f'checkpoint prefix with {path}.index)')
+  params_file = os.path.join(model_dir, PARAMS_FILE)
+  return prefix, (params_file if tf.io.gfile.exists(params_file) else None)
+
+
+def build_params(experiment: str, params_file: Optional[str] = None,
+                 config_files: Sequence[str] = (), params_override: str = ''):
+  """experiment defaults <- params_file <- config_files <- params_override."""
+  try:
+    params = exp_factory.get_exp_config(experiment)
+  except KeyError as e:
+    raise ValueError(f'unknown experiment {experiment!r}') from e
+  for source in ([params_file] if params_file else []) + list(config_files or []):
+    if not tf.io.gfile.exists(source):
+      raise ValueError(f'config file {source} does not exist')
+    params = hyperparams.override_params_dict(params, source, is_strict=True)
+  if params_override:
+    params = hyperparams.override_params_dict(params, params_override, is_strict=True)
+  params.validate()
+  return params
+
+
+def model_variable_keys(prefix: str) -> Dict[Tuple[str, ...], str]:
+  """`{child-name path from the checkpoint's 'model' object: tensor key}` of variables."""
+  reader = tf.train.load_checkpoint(prefix)
+  if not reader.has_tensor(_OBJECT_GRAPH_KEY):
+    raise ValueError(f'checkpoint {prefix} is not an object-based TF2 checkpoint')
+  graph = trackable_object_graph_pb2.TrackableObjectGraph()
+  graph.ParseFromString(reader.get_tensor(_OBJECT_GRAPH_KEY))
+  roots = [c.node_id for c in graph.nodes[0].children
+           if c.local_name == CHECKPOINT_MODEL_KEY]
+  if not roots:
+    raise ValueError(f'checkpoint {prefix} has no {CHECKPOINT_MODEL_KEY!r} object '
+                     '(not written by tf.train.Checkpoint(model=...))')
+  keys, seen, queue = {}, {roots[0]}, [(roots[0], ())]
+  while queue:
+    node_id, path = queue.pop(0)
+    for attribute in graph.nodes[node_id].attributes:
+      if attribute.name == _VARIABLE_ATTRIBUTE:
+        keys[path] = attribute.checkpoint_key
+    for child in graph.nodes[node_id].children:
+      if child.node_id not in seen:
+        seen.add(child.node_id)
+        queue.append((child.node_id, path + (child.local_name,)))
+  return keys
+
+
+def restore_model(model, prefix: str) -> None:
+  """Reads `model` from a Checkpoint(model=...) (e.g. the Model Garden trainer's).
+
+  Raises ValueError naming `prefix` when the checkpoint holds a different
+  architecture: a variable missing or of another shape, or extra model variables.
+  """
+  num_in_checkpoint = len(model_variable_keys(prefix))
+  num_in_model = len({id(v) for v in model.variables})
+  if num_in_checkpoint != num_in_model:
+    raise ValueError(f'checkpoint {prefix} holds {num_in_checkpoint} model variables but '
+                     f'the configured model has {num_in_model}: a different architecture '
+                     '(check --experiment / --params_override / params.yaml)')
+  try:
+    status = tf.train.Checkpoint(**{CHECKPOINT_MODEL_KEY: model}).read(prefix)
+    status.expect_partial().assert_existing_objects_matched()
+  except (AssertionError, ValueError, tf.errors.OpError) as e:
+    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise ValueError(f'checkpoint {prefix} does not match the configured model '
+                     f'(different architecture?): {first_line}') from e
+
+
+def load_task_and_model(params, prefix: str):
+  """Builds the task and its model from `params` and restores `prefix` into it."""
+  task = task_factory.get_task(params.task)
+  model = task.build_model()
+  restore_model(model, prefix)
+  return task, model
+
+
+def argument_parser(description: str) -> argparse.ArgumentParser:
+  """Flags shared by tools/eval.py and tools/bn_audit.py."""
+  parser = argparse.ArgumentParser(
+      description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--experiment', required=True, help='registered experiment name')
+  parser.add_argument('--config_file', action='append', default=[],
+                      help='YAML override (repeatable), applied after params.yaml')
+  parser.add_argument('--params_override', default='', help='k=v,... applied last')
+  parser.add_argument('--checkpoint', required=True,
+                      help='checkpoint prefix, or a model_dir (latest ckpt + params.yaml)')
+  parser.add_argument('--best', action='store_true',
+                      help=f'with a model_dir: use {BEST_CKPT_SUBDIR}/ instead of the latest')
+  return parser
+
+
+def params_and_checkpoint(args):
+  """(params, checkpoint prefix) from parsed argument_parser flags."""
+  prefix, params_file = resolve_checkpoint(args.checkpoint, args.best)
+  params = build_params(args.experiment, params_file, args.config_file,
+                        args.params_override)
+  return params, prefix
+
+
+def run_cli(fn: Callable[[], Any]) -> int:
+  """Runs `fn`; a ValueError becomes one `error: ...` line on stderr, exit code 2."""
+  try:
+    fn()
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return ERROR_EXIT_CODE
+  return 0
+
+
+# ----------------------------------------------------------------- CLI
+def run(args) -> Dict[str, Any]:
+  """Evaluates a checkpoint (see add_model_arguments); returns the report."""
+  params, checkpoint = params_and_checkpoint(args)
+  task, model = load_task_and_model(params, checkpoint)
+  data = params.task.validation_data
+  annotation_file = params.task.annotation_file or data.annotation_file
+  if not annotation_file:
+    raise ValueError('task.validation_data.annotation_file (or task.annotation_file) '
+                     'must name the COCO JSON to evaluate against')
+  dataset = task.build_inputs(data)
+  detect = model_detect_fn(model, params.task.model.input_size)
+  report = evaluate(detect, dataset, task.category_map, annotation_file,
+                    max_images=args.max_images, detections_file=args.detections)
+  report = {'checkpoint': checkpoint, 'experiment': args.experiment, **report}
+  print(format_report(report))
+  if args.report:
+    with open(args.report, 'w', encoding='utf-8') as f:
+      json.dump(report, f, indent=2)
+  return report
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argument_parser(__doc__)
+  parser.add_argument('--report', help='write the JSON report here')
+  parser.add_argument('--detections', help='write the COCO results JSON here')
+  parser.add_argument('--max_images', type=int, help='evaluate the first N images')
+  args = parser.parse_args(argv)
+  return run_cli(lambda: run(args))

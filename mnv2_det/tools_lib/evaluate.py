@@ -31,6 +31,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 import tensorflow as tf
+import yaml
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from official.core import exp_factory
@@ -292,16 +293,24 @@ def build_params(experiment: str, params_file: Optional[str] = None,
   """experiment defaults <- params_file <- config_files <- params_override."""
   try:
     params = exp_factory.get_exp_config(experiment)
-  except KeyError as e:
+  except (KeyError, LookupError) as e:
     raise ValueError(f'unknown experiment {experiment!r}') from e
   for source in ([params_file] if params_file else []) + list(config_files or []):
     if not tf.io.gfile.exists(source):
       raise ValueError(f'config file {source} does not exist')
-    params = hyperparams.override_params_dict(params, source, is_strict=True)
+    params = _override(params, source, source)
   if params_override:
-    params = hyperparams.override_params_dict(params, params_override, is_strict=True)
+    params = _override(params, params_override, '--params_override')
   params.validate()
   return params
+
+
+def _override(params, source, what):
+  try:
+    return hyperparams.override_params_dict(params, source, is_strict=True)
+  except (KeyError, ValueError, TypeError, AttributeError, yaml.YAMLError) as e:
+    message = e.args[0] if isinstance(e, KeyError) and e.args else e
+    raise ValueError(f'{what}: {message}') from e
 
 
 def model_variable_keys(prefix: str) -> Dict[Tuple[str, ...], str]:
@@ -329,25 +338,49 @@ def model_variable_keys(prefix: str) -> Dict[Tuple[str, ...], str]:
   return keys
 
 
+def model_variable_paths(model) -> Dict[Tuple[str, ...], tf.Variable]:
+  """`{child-name path from `model`: variable}`, breadth first as the Checkpoint saver.
+
+  The paths are the ones `model_variable_keys` reads from a checkpoint's object graph.
+  """
+  paths, seen, queue = {}, {id(model)}, [(model, ())]
+  while queue:
+    obj, path = queue.pop(0)
+    if isinstance(obj, tf.Variable):
+      paths[path] = obj
+      continue
+    for name, child in tf.train.TrackableView.children(obj).items():
+      if id(child) not in seen:
+        seen.add(id(child))
+        queue.append((child, path + (name,)))
+  return paths
+
+
 def restore_model(model, prefix: str) -> None:
   """Reads `model` from a Checkpoint(model=...) (e.g. the Model Garden trainer's).
 
   Raises ValueError naming `prefix` when the checkpoint holds a different
-  architecture: a variable missing or of another shape, or extra model variables.
+  architecture (a variable missing, extra or of another shape), checked before
+  reading so nothing is half-restored.
   """
-  num_in_checkpoint = len(model_variable_keys(prefix))
-  num_in_model = len({id(v) for v in model.variables})
-  if num_in_checkpoint != num_in_model:
-    raise ValueError(f'checkpoint {prefix} holds {num_in_checkpoint} model variables but '
-                     f'the configured model has {num_in_model}: a different architecture '
-                     '(check --experiment / --params_override / params.yaml)')
-  try:
-    status = tf.train.Checkpoint(**{CHECKPOINT_MODEL_KEY: model}).read(prefix)
-    status.expect_partial().assert_existing_objects_matched()
-  except (AssertionError, ValueError, tf.errors.OpError) as e:
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise ValueError(f'checkpoint {prefix} does not match the configured model '
-                     f'(different architecture?): {first_line}') from e
+  keys = model_variable_keys(prefix)
+  shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+  live = model_variable_paths(model)
+  hint = ': a different architecture (check --experiment, --params_override, params.yaml)'
+  missing = [p for p in live if p not in keys]
+  if missing:
+    raise ValueError(f'checkpoint {prefix} lacks {len(missing)} model variables, e.g. '
+                     f'{"/".join(missing[0])}{hint}')
+  if len(keys) != len(live):
+    raise ValueError(f'checkpoint {prefix} holds {len(keys)} model variables, the '
+                     f'configured model {len(live)}{hint}')
+  for path, variable in live.items():
+    if list(shapes[keys[path]]) != variable.shape.as_list():
+      raise ValueError(f'checkpoint {prefix}: {"/".join(path)} has shape '
+                       f'{shapes[keys[path]]}, the configured model '
+                       f'{variable.shape.as_list()}{hint}')
+  status = tf.train.Checkpoint(**{CHECKPOINT_MODEL_KEY: model}).read(prefix)
+  status.expect_partial().assert_existing_objects_matched()
 
 
 def load_task_and_model(params, prefix: str):

@@ -1,8 +1,27 @@
-"""The logic behind tools/train.py, importable and testable."""
+"""The logic behind tools/train.py: Model Garden's train_lib with mnv2_det's guards.
 
-from absl import flags
+Training itself is `official.core.train_lib.run_experiment` (orbit Controller,
+tf.distribute, checkpoint manager that resumes from the latest checkpoint in model_dir,
+best-checkpoint export by AP, TensorBoard summaries of every loss term and the learning
+rate). On top of it this module adds:
+  - a refusal to train into a model_dir that holds another experiment's checkpoint;
+  - a progress line every `steps_per_loop` steps with loss, images/s and ETA (also
+    written to TensorBoard as `images_per_second`);
+  - a stop with a clear message on a NaN/inf loss, naming the steps, before the bad
+    weights are checkpointed (the last good checkpoint stays the latest);
+  - one clear `error: ...` line and exit code 2 for user errors, never a traceback.
+"""
+
+import os
+import sys
+import time
+from typing import Any, Dict, Optional
+
 from absl import logging
+import numpy as np
+import orbit
 import tensorflow as tf
+import yaml
 
 from official.common import distribute_utils
 from official.core import task_factory
@@ -12,15 +31,139 @@ from official.modeling import performance
 
 import mnv2_det  # pylint: disable=unused-import  # registers backbone, task, experiments
 
+EXIT_USER_ERROR = 2
+PARAMS_FILE = 'params.yaml'
+
+
+class TrainingDiverged(RuntimeError):
+  """The training loss became NaN or infinite."""
+
 
 def define_flags():
-  """Flags beyond official.common.flags (none yet)."""
+  """Flags beyond official.common.flags (none: everything is in the config)."""
 
 
-def run(flag_values):
-  params = train_utils.parse_configuration(flag_values)
-  model_dir = flag_values.model_dir
-  if 'train' in flag_values.mode:
+def parse_params(flag_values):
+  """Experiment config from flags; bad overrides or files become a ValueError."""
+  try:
+    return train_utils.parse_configuration(flag_values)
+  except (KeyError, AttributeError, TypeError, tf.errors.NotFoundError,
+          yaml.YAMLError) as e:
+    raise ValueError(
+        f'could not build the config of experiment {flag_values.experiment!r} from '
+        f'--config_file {flag_values.config_file} --params_override '
+        f'{flag_values.params_override!r}: {e}') from None
+
+
+def check_model_dir(params, model_dir: str):
+  """Refuses a model_dir whose checkpoint belongs to a different model config.
+
+  The model part of `params.yaml` (written by an earlier run) must equal this run's;
+  everything else (schedule, data paths, eval settings) may change between runs.
+  """
+  saved = os.path.join(model_dir, PARAMS_FILE)
+  if not tf.io.gfile.exists(saved) or not tf.train.latest_checkpoint(model_dir):
+    return
+  with tf.io.gfile.GFile(saved) as f:
+    old = yaml.safe_load(f) or {}
+  old_model = (old.get('task') or {}).get('model')
+  new_model = params.task.model.as_dict()
+  if old_model is None:
+    return
+  diffs = _dict_diff(old_model, new_model, 'task.model')
+  if diffs:
+    shown = '; '.join(diffs[:3]) + (f' (+{len(diffs) - 3} more)' if len(diffs) > 3 else '')
+    raise ValueError(
+        f'model_dir {model_dir} holds a checkpoint of a different model '
+        f'({saved}: {shown}). Use a new --model_dir, or the original config to resume.')
+
+
+def _dict_diff(old, new, prefix):
+  if isinstance(old, dict) and isinstance(new, dict):
+    out = []
+    for key in sorted(set(old) | set(new)):
+      out += _dict_diff(old.get(key), new.get(key), f'{prefix}.{key}')
+    return out
+  if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+    old, new = list(old), list(new)
+  if old != new and not (_is_number(old) and _is_number(new) and np.isclose(old, new)):
+    return [f'{prefix} was {old!r}, now {new!r}']
+  return []
+
+
+def _is_number(x):
+  return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+class ProgressAction:
+  """Orbit train action: a progress line and images/s after each train loop."""
+
+  def __init__(self, trainer, params, model_dir: Optional[str], printer=print):
+    self._trainer = trainer
+    self._batch = params.task.train_data.global_batch_size
+    self._total = params.trainer.train_steps
+    self._printer = printer
+    self._last_step = int(trainer.global_step.numpy())
+    self._last_time = time.perf_counter()
+    self._writer = (tf.summary.create_file_writer(os.path.join(model_dir, 'train'))
+                    if model_dir else None)
+
+  def __call__(self, output: Dict[str, Any]):
+    step = int(self._trainer.global_step.numpy())
+    now = time.perf_counter()
+    steps = max(step - self._last_step, 1)
+    seconds_per_step = (now - self._last_time) / steps
+    images_per_second = self._batch / seconds_per_step if seconds_per_step > 0 else 0.0
+    eta = max(self._total - step, 0) * seconds_per_step
+    loss = float(output.get('total_loss', output.get('training_loss', np.nan)))
+    parts = [f'step {step}/{self._total}', f'loss {loss:.4f}']
+    terms = [f'{k} {float(output[k]):.4f}' for k in ('cls_loss', 'box_loss') if k in output]
+    if terms:
+      parts[-1] += f' ({", ".join(terms)})'
+    if 'learning_rate' in output:
+      parts.append(f'lr {float(output["learning_rate"]):.3g}')
+    parts += [f'{images_per_second:.1f} img/s', f'ETA {_format_seconds(eta)}']
+    self._printer(' | '.join(parts), flush=True)
+    if self._writer is not None:
+      with self._writer.as_default():
+        tf.summary.scalar('images_per_second', images_per_second, step=step)
+      self._writer.flush()
+    self._last_step, self._last_time = step, now
+
+
+class DivergenceGuard:
+  """Orbit train action: stops on a NaN/inf loss before it is checkpointed."""
+
+  def __init__(self, trainer, steps_per_loop: int, model_dir: Optional[str]):
+    self._trainer = trainer
+    self._steps_per_loop = steps_per_loop
+    self._model_dir = model_dir
+
+  def __call__(self, output: Dict[str, Any]):
+    bad = {k: float(v) for k, v in output.items()
+           if k.endswith('loss') and np.ndim(v) == 0 and not np.isfinite(float(v))}
+    if not bad:
+      return
+    step = int(self._trainer.global_step.numpy())
+    first = max(step - self._steps_per_loop + 1, 1)
+    last_good = tf.train.latest_checkpoint(self._model_dir) if self._model_dir else None
+    raise TrainingDiverged(
+        f'training stopped: non-finite loss {bad} in steps {first}..{step}; the weights '
+        f'of step {step} were not saved; last good checkpoint: {last_good or "none"}. '
+        'Lower the learning rate or check the data.')
+
+
+def _format_seconds(seconds: float) -> str:
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  minutes, secs = divmod(rest, 60)
+  return f'{hours}h{minutes:02d}m{secs:02d}s' if hours else f'{minutes}m{secs:02d}s'
+
+
+def run_experiment(params, model_dir: str, mode: str):
+  """Runs `mode` for `params`; returns (model, eval_logs) like train_lib."""
+  if 'train' in mode:
+    check_model_dir(params, model_dir)
     train_utils.serialize_config(params, model_dir)
   if params.runtime.mixed_precision_dtype:
     performance.set_mixed_precision_policy(params.runtime.mixed_precision_dtype)
@@ -31,8 +174,28 @@ def run(flag_values):
       tpu_address=params.runtime.tpu)
   with strategy.scope():
     task = task_factory.get_task(params.task, logging_dir=model_dir)
-  _, logs = train_lib.run_experiment(
-      distribution_strategy=strategy, task=task, mode=flag_values.mode,
-      params=params, model_dir=model_dir)
-  logging.info('Final logs: %s', logs)
+    trainer = train_utils.create_trainer(
+        params, task, train='train' in mode, evaluate='eval' in mode,
+        checkpoint_exporter=train_utils.maybe_create_best_ckpt_exporter(params, model_dir))
+  train_actions = []
+  if 'train' in mode:
+    # These run before Model Garden's own recovery action, so a NaN stops here with
+    # the steps named.
+    train_actions = [DivergenceGuard(trainer, params.trainer.steps_per_loop, model_dir),
+                     ProgressAction(trainer, params, model_dir)]
+  return train_lib.run_experiment(
+      distribution_strategy=strategy, task=task, mode=mode, params=params,
+      model_dir=model_dir, trainer=trainer, train_actions=train_actions)
+
+
+def run(flag_values) -> int:
+  """CLI entry: returns the process exit code."""
+  try:
+    params = parse_params(flag_values)
+    _, logs = run_experiment(params, flag_values.model_dir, flag_values.mode)
+  except (ValueError, TrainingDiverged) as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    return EXIT_USER_ERROR
+  if logs:
+    logging.info('Final eval logs: %s', logs)
   return 0

@@ -1,0 +1,219 @@
+"""Tests for mnv2_det.tools_lib.evaluate and tools/eval.py (pycocotools evaluation)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+import yaml
+
+from official.core import train_utils
+
+from mnv2_det.data import shapes
+from mnv2_det.data.category_map import CategoryMap
+from mnv2_det.tools_lib import evaluate
+
+EXPERIMENT = 'ssdlite_mnv2_shapes'
+SHAPES_IDS = [1, 3, 7, 9, 12]  # non-contiguous dataset ids of the shapes set
+NUM_VAL = 8
+BATCH = 4
+TINY_INPUT = [128, 128, 3]
+TINY_MULTIPLIER = 0.35
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+  return shapes.generate(str(tmp_path_factory.mktemp('shapes')), num_train=8,
+                         num_val=NUM_VAL, seed=5)
+
+
+def _tiny_overrides(data, multiplier=TINY_MULTIPLIER):
+  def split(name):
+    return {'annotation_file': data[f'{name}_annotations'],
+            'image_dir': data[f'{name}_images'], 'global_batch_size': BATCH}
+  return {'task': {
+      'model': {'input_size': TINY_INPUT,
+                'backbone': {'mnv2_det': {'depth_multiplier': multiplier}}},
+      'train_data': split('train'), 'validation_data': split('val')}}
+
+
+@pytest.fixture(scope='module')
+def config_file(data, tmp_path_factory):
+  path = str(tmp_path_factory.mktemp('cfg') / 'tiny.yaml')
+  with open(path, 'w', encoding='utf-8') as f:
+    yaml.safe_dump(_tiny_overrides(data), f)
+  return path
+
+
+@pytest.fixture(scope='module')
+def task_and_params(config_file):
+  from official.core import task_factory  # pylint: disable=g-import-not-at-top
+  params = evaluate.build_params(EXPERIMENT, config_files=[config_file])
+  return task_factory.get_task(params.task), params
+
+
+def _val_dataset(task_and_params):
+  task, params = task_and_params
+  return task.build_inputs(params.task.validation_data)
+
+
+def _groundtruth_detect_fn(dataset, category_map):
+  """detect_fn replaying the dataset's own ground truth, batch by batch, as detections."""
+  batches = [labels['groundtruths'] for _, labels in dataset]
+
+  def detect(images, image_info):
+    del image_info
+    gt = batches.pop(0)
+    n = int(images.shape[0])
+    classes = category_map.contiguous_of(gt['classes'].numpy()[:n])
+    return {'detection_boxes': gt['boxes'].numpy()[:n],
+            'detection_scores': np.ones(classes.shape, np.float32),
+            'detection_classes': classes,
+            'num_detections': gt['num_detections'].numpy()[:n]}
+  return detect
+
+
+def _empty_detect_fn(images, image_info):
+  del image_info
+  n = int(images.shape[0])
+  return {'detection_boxes': np.zeros([n, 0, 4]), 'detection_scores': np.zeros([n, 0]),
+          'detection_classes': np.zeros([n, 0], np.int32),
+          'num_detections': np.zeros([n], np.int32)}
+
+
+def test_to_coco_results_dataset_ids_and_xywh():
+  category_map = CategoryMap.from_ids(SHAPES_IDS)
+  detections = {
+      # yxyx original pixels: (10, 20)-(50, 80) -> x 20, y 10, w 60, h 40.
+      'detection_boxes': np.array([[[10., 20., 50., 80.], [0., 0., 5., 5.],
+                                    [1., 1., 2., 2.]]]),
+      'detection_scores': np.array([[0.9, 0.5, 0.1]]),
+      # contiguous 5 -> dataset id 12; 0 (background) is dropped; 1 -> 1 is padding.
+      'detection_classes': np.array([[5, 0, 1]]),
+      'num_detections': np.array([2])}
+  results = evaluate.to_coco_results(np.array([42]), detections, category_map)
+  assert results == [{'image_id': 42, 'category_id': 12, 'bbox': [20.0, 10.0, 60.0, 40.0],
+                      'score': 0.9}]
+
+
+def test_perfect_detections_give_ap_1(task_and_params):
+  task, params = task_and_params
+  dataset = _val_dataset(task_and_params)
+  report = evaluate.evaluate(_groundtruth_detect_fn(dataset, task.category_map), dataset,
+                             task.category_map, params.task.validation_data.annotation_file)
+  assert report['num_images'] == NUM_VAL
+  stats = report['stats']
+  assert list(stats) == list(evaluate.STAT_NAMES)
+  for name in ('AP', 'AP50', 'AP75', 'ARmax100'):
+    assert stats[name] == pytest.approx(1.0), name
+  for name, value in stats.items():  # 1, or -1 in an area range without ground truth
+    assert value == pytest.approx(1.0) or name in report['stats_without_groundtruth']
+  assert [r['dataset_id'] for r in report['per_class']] == SHAPES_IDS
+  for row in report['per_class']:
+    assert row['AP'] == pytest.approx(1.0) or row['num_groundtruths'] == 0
+  assert report['images_per_second'] > 0
+
+
+def test_contiguous_ids_instead_of_dataset_ids_lower_ap(task_and_params):
+  """The trap our conversion avoids: contiguous 1..5 read as ids 1, 2, 3, 4, 5."""
+  task, params = task_and_params
+  dataset = _val_dataset(task_and_params)
+  identity = CategoryMap.from_ids(range(1, len(SHAPES_IDS) + 1))
+  report = evaluate.evaluate(_groundtruth_detect_fn(dataset, task.category_map), dataset,
+                             identity, params.task.validation_data.annotation_file)
+  assert report['stats']['AP'] < 0.5  # only id 1 (circle) coincides
+
+
+def test_empty_detections_give_zero_ap(task_and_params):
+  task, params = task_and_params
+  report = evaluate.evaluate(_empty_detect_fn, _val_dataset(task_and_params),
+                             task.category_map, params.task.validation_data.annotation_file,
+                             max_images=6)
+  assert report['num_images'] == 6 and report['num_detections'] == 0
+  assert report['stats']['AP'] == 0.0
+  for name, value in report['stats'].items():
+    expected = (evaluate.NO_GROUNDTRUTH if name in report['stats_without_groundtruth']
+                else 0.0)
+    assert value == expected, name
+  assert 'no ground truth' in evaluate.format_report(report) or not report[
+      'stats_without_groundtruth']
+
+
+def test_groundtruth_without_area_and_iscrowd(tmp_path):
+  coco = {'images': [{'id': 7, 'file_name': 'a.jpg', 'height': 100, 'width': 100}],
+          'annotations': [{'id': 1, 'image_id': 7, 'category_id': 3,
+                           'bbox': [10, 10, 50, 60]}],
+          'categories': [{'id': 3, 'name': 'square'}]}
+  path = str(tmp_path / 'gt.json')
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(coco, f)
+  gt = evaluate.load_groundtruth(path)  # pycocotools alone raises KeyError('area')
+  result = evaluate.coco_evaluate(
+      gt, [{'image_id': 7, 'category_id': 3, 'bbox': [10, 10, 50, 60], 'score': 1.0}], [7])
+  # area 3000 is "medium" (32^2..96^2): APs and APl have no ground truth.
+  assert result['stats']['AP'] == pytest.approx(1.0)
+  assert result['stats_without_groundtruth'] == ['APs', 'APl', 'ARs', 'ARl']
+  with pytest.raises(ValueError, match='image ids \\[8\\]'):
+    evaluate.coco_evaluate(gt, [], [7, 8], path)
+
+
+def _save_fresh_checkpoint(params, model_dir):
+  """A freshly initialized model saved like the Model Garden trainer, + params.yaml."""
+  from official.core import task_factory  # pylint: disable=g-import-not-at-top
+  tf_keras.utils.set_random_seed(0)
+  model = task_factory.get_task(params.task).build_model()
+  checkpoint = tf.train.Checkpoint(global_step=tf.Variable(0, dtype=tf.int64),
+                                   model=model, **model.checkpoint_items)
+  tf.train.CheckpointManager(checkpoint, model_dir, max_to_keep=1).save(checkpoint_number=0)
+  train_utils.serialize_config(params, model_dir)
+
+
+def test_cli_end_to_end_on_fresh_checkpoint(task_and_params, tmp_path, capsys):
+  _, params = task_and_params
+  model_dir = str(tmp_path / 'run')
+  _save_fresh_checkpoint(params, model_dir)
+  report_path = str(tmp_path / 'report.json')
+  # The model_dir's params.yaml carries the tiny model and the data paths.
+  code = evaluate.main(['--experiment', EXPERIMENT, '--checkpoint', model_dir,
+                        '--report', report_path])
+  out = capsys.readouterr().out
+  assert code == 0
+  for name in evaluate.STAT_NAMES:
+    assert f'\n{name} ' in out
+  with open(report_path, encoding='utf-8') as f:
+    report = json.load(f)
+  assert report['checkpoint'].endswith('ckpt-0')
+  assert report['num_images'] == NUM_VAL
+  assert list(report['stats']) == list(evaluate.STAT_NAMES)
+  assert all(-1.0 <= v <= 1.0 for v in report['stats'].values())
+  assert [r['dataset_id'] for r in report['per_class']] == SHAPES_IDS
+  assert report['num_detections'] > 0 and report['images_per_second'] > 0
+
+
+def _run_cli_expecting_error(argv, capsys):
+  code = evaluate.main(argv)
+  err = capsys.readouterr().err
+  assert code == evaluate.ERROR_EXIT_CODE
+  assert err.startswith('error: ') and 'Traceback' not in err
+  return err
+
+
+def test_cli_errors_name_the_path(task_and_params, tmp_path, capsys):
+  _, params = task_and_params
+  missing = str(tmp_path / 'nope')
+  err = _run_cli_expecting_error(['--experiment', EXPERIMENT, '--checkpoint', missing],
+                                 capsys)
+  assert missing in err and 'does not exist' in err
+  empty = str(tmp_path / 'empty')
+  os.makedirs(empty)
+  err = _run_cli_expecting_error(['--experiment', EXPERIMENT, '--checkpoint', empty],
+                                 capsys)
+  assert empty in err and 'no checkpoint' in err
+  model_dir = str(tmp_path / 'run')
+  _save_fresh_checkpoint(params, model_dir)
+  err = _run_cli_expecting_error(
+      ['--experiment', EXPERIMENT, '--checkpoint', model_dir, '--params_override',
+       'task.model.backbone.mnv2_det.depth_multiplier=0.5'], capsys)
+  assert os.path.join(model_dir, 'ckpt-0') in err and 'architecture' in err

@@ -1,0 +1,137 @@
+"""tools/train.py end to end in subprocesses: BN updates reach the checkpoint, frozen BN
+stays, resume after kill -9, refusal of a foreign model_dir, NaN stop."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mnv2_det.data import shapes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, 'tools', 'train.py')
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  out = tmp_path_factory.mktemp('shapes')
+  shapes.generate(str(out), num_train=24, num_val=8, seed=3)
+  return str(out)
+
+
+def _overrides(data_dir, steps, extra=''):
+  items = [
+      f'task.train_data.annotation_file={data_dir}/annotations/instances_train.json',
+      f'task.train_data.image_dir={data_dir}/train',
+      f'task.validation_data.annotation_file={data_dir}/annotations/instances_val.json',
+      f'task.validation_data.image_dir={data_dir}/val',
+      'task.train_data.global_batch_size=4', 'task.validation_data.global_batch_size=4',
+      'task.model.input_size=[96,96,3]',
+      'task.model.backbone.mnv2_det.depth_multiplier=0.35',
+      f'trainer.train_steps={steps}', 'trainer.steps_per_loop=2',
+      'trainer.summary_interval=2', 'trainer.checkpoint_interval=2',
+      'runtime.distribution_strategy=one_device', 'runtime.num_gpus=0',
+  ]
+  if extra:
+    items.append(extra)
+  return ','.join(items)
+
+
+def _train(model_dir, overrides, mode='train', wait=True):
+  cmd = [sys.executable, TRAIN, '--experiment', 'ssdlite_mnv2_shapes', '--mode', mode,
+         '--model_dir', str(model_dir), '--params_override', overrides]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  if not wait:
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+  return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def _bn_values(checkpoint):
+  reader = tf.train.load_checkpoint(checkpoint)
+  names = [n for n in reader.get_variable_to_shape_map()
+           if n.endswith(('moving_mean/.ATTRIBUTES/VARIABLE_VALUE',
+                          'moving_variance/.ATTRIBUTES/VARIABLE_VALUE'))]
+  return {n: reader.get_tensor(n) for n in names}
+
+
+def _bn_layer_count_changed(checkpoint):
+  values = _bn_values(checkpoint)
+  unchanged = [n for n, v in values.items()
+               if np.array_equal(v, np.zeros_like(v) if 'moving_mean' in n else np.ones_like(v))]
+  return len(values), unchanged
+
+
+def test_every_bn_statistic_moves_in_the_checkpoint(tmp_path, data_dir):
+  result = _train(tmp_path / 'run', _overrides(data_dir, 4))
+  assert result.returncode == 0, result.stderr[-3000:]
+  total, unchanged = _bn_layer_count_changed(tf.train.latest_checkpoint(tmp_path / 'run'))
+  # backbone 52 BN + 4 extra layers x 3 + 6 levels x 2 head branches = 76 layers.
+  assert total == 2 * 76
+  assert unchanged == []
+  assert 'img/s' in result.stdout and 'ETA' in result.stdout and 'step 4/4' in result.stdout
+
+
+def test_frozen_bn_statistics_stay_at_init(tmp_path, data_dir):
+  result = _train(tmp_path / 'frozen', _overrides(data_dir, 2, 'task.model.freeze_batchnorm=true'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  total, unchanged = _bn_layer_count_changed(tf.train.latest_checkpoint(tmp_path / 'frozen'))
+  assert total == 2 * 76 and len(unchanged) == total
+
+
+def test_foreign_model_dir_is_refused(tmp_path, data_dir):
+  model_dir = tmp_path / 'run'
+  assert _train(model_dir, _overrides(data_dir, 2)).returncode == 0
+  other = _train(model_dir, _overrides(data_dir, 4, 'task.model.num_classes=9'))
+  assert other.returncode == 2
+  assert 'holds a checkpoint of a different model' in other.stderr
+  assert 'task.model.num_classes was 7, now 9' in other.stderr
+  assert 'Traceback' not in other.stderr
+
+
+def test_bad_params_override_is_one_line(tmp_path, data_dir):
+  result = _train(tmp_path / 'x', 'task.model.no_such_field=3')
+  assert result.returncode == 2
+  assert 'error:' in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):
+  model_dir = tmp_path / 'nan'
+  overrides = _overrides(
+      data_dir, 40, 'trainer.optimizer_config.learning_rate.cosine.initial_learning_rate=1e12')
+  result = _train(model_dir, overrides)
+  assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+  assert 'non-finite loss' in result.stderr and 'in steps' in result.stderr
+  latest = tf.train.latest_checkpoint(model_dir)
+  if latest is not None:  # every saved checkpoint holds finite weights
+    reader = tf.train.load_checkpoint(latest)
+    for name in reader.get_variable_to_shape_map():
+      value = reader.get_tensor(name)
+      if isinstance(value, np.ndarray) and value.dtype.kind == 'f':
+        assert np.all(np.isfinite(value)), name
+
+
+def test_resume_after_kill_9(tmp_path, data_dir):
+  model_dir = tmp_path / 'resume'
+  overrides = _overrides(data_dir, 400)
+  proc = _train(model_dir, overrides, wait=False)
+  deadline = time.time() + 300
+  while time.time() < deadline and not (model_dir / 'checkpoint').exists():
+    time.sleep(0.5)
+  time.sleep(3)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  killed_at = int(tf.train.latest_checkpoint(model_dir).rsplit('-', 1)[1])
+  assert 0 < killed_at < 400
+  final_steps = killed_at + 4
+  result = _train(model_dir, overrides.replace('trainer.train_steps=400',
+                                               f'trainer.train_steps={final_steps}'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert int(tf.train.latest_checkpoint(model_dir).rsplit('-', 1)[1]) == final_steps
+  # The step counter continued from the checkpoint instead of starting at 0.
+  assert f'step {killed_at + 2}/{final_steps}' in result.stdout

@@ -27,10 +27,14 @@ Recalibration (precise BN: detectron2 PreciseBN, torch.optim.swa_utils.update_bn
 training-mode forward passes over N batches (every BN normalizes with its batch
 statistics, so later layers see exactly what they saw in training), accumulating each
 layer's batch mean and batch variance; then moving_mean = average batch mean and
-moving_variance = average batch variance with Bessel's correction (what Keras' fused
-BN feeds its moving average), i.e. the limit of the moving average with momentum -> 1
-over these batches. BN layers frozen with trainable=False are unfrozen during the
-passes. Only moving statistics change; `write_checkpoint` copies the source
+moving_variance = average batch variance, i.e. the limit of a moving average with
+momentum -> 1 over these batches. By default the variance is the 1/n one that
+training-mode BN divides by, so inference reproduces training-mode outputs; Keras'
+moving average uses Bessel's n/(n-1) instead (`unbiased=True`), which matters only
+where n = batch * h * w is small: with 16 images at 128x128 (1x1 maps at levels 7-9)
+the Bessel variant leaves eval-vs-train output errors of 0.2-0.6 output std at those
+levels, the 1/n variant 0.01-0.04. BN layers frozen with trainable=False are unfrozen
+during the passes. Only moving statistics change; `write_checkpoint` copies the source
 checkpoint tensor by tensor (object graph, optimizer slots and global_step included)
 with the model's values substituted, into a NEW folder.
 """
@@ -99,32 +103,34 @@ class _Moments:
   def __init__(self, channels):
     def zeros(shape):
       return tf.Variable(tf.zeros(shape, tf.float64), trainable=False)
-    self.count = zeros([])        # sum of n (elements per channel over calls)
-    self.batches = zeros([])      # number of calls
-    self.sum_mean = zeros([channels])        # sum of n * batch mean
-    self.sum_second = zeros([channels])      # sum of n * (batch var + mean^2)
-    self.sum_unbiased_var = zeros([channels])  # sum of n * batch var * n / (n - 1)
+    self.count = zeros([])                     # sum of n (elements per channel per call)
+    self.sum_mean = zeros([channels])          # sum of n * batch mean
+    self.sum_mean_sq = zeros([channels])       # sum of n * batch mean^2
+    self.sum_var = zeros([channels])           # sum of n * batch variance (1/n)
+    self.sum_unbiased_var = zeros([channels])  # sum of n * batch variance * n/(n-1)
 
   def add(self, inputs, reduction_axes):
     mean, var = tf.nn.moments(tf.cast(inputs, tf.float32), reduction_axes)
     mean, var = tf.cast(mean, tf.float64), tf.cast(var, tf.float64)
     n = tf.cast(tf.size(inputs), tf.float64) / tf.cast(tf.size(mean), tf.float64)
     self.count.assign_add(n)
-    self.batches.assign_add(1.0)
     self.sum_mean.assign_add(n * mean)
-    self.sum_second.assign_add(n * (var + tf.square(mean)))
+    self.sum_mean_sq.assign_add(n * tf.square(mean))
+    self.sum_var.assign_add(n * var)
     self.sum_unbiased_var.assign_add(n * var * n / tf.maximum(n - 1.0, 1.0))
 
   def population(self):
     """(mean, variance) numpy float64 over all recorded elements."""
     count = self.count.numpy()
     mean = self.sum_mean.numpy() / count
-    return mean, np.maximum(self.sum_second.numpy() / count - mean**2, 0.0)
+    second = (self.sum_var.numpy() + self.sum_mean_sq.numpy()) / count
+    return mean, np.maximum(second - mean**2, 0.0)
 
-  def average_batch(self):
-    """(average batch mean, average Bessel-corrected batch variance), numpy."""
+  def average_batch(self, unbiased: bool):
+    """(average batch mean, average batch variance), numpy float64."""
     count = self.count.numpy()
-    return self.sum_mean.numpy() / count, self.sum_unbiased_var.numpy() / count
+    variance = self.sum_unbiased_var if unbiased else self.sum_var
+    return self.sum_mean.numpy() / count, variance.numpy() / count
 
 
 @contextlib.contextmanager
@@ -152,8 +158,8 @@ def _capture(layers):
         object.__delattr__(layer, 'call')
 
 
-def _forward(model, training: bool):
-  """A fresh tf.function images -> raw outputs (SSDLiteModel: no post-processing)."""
+def _forward(model, training: bool, eager: bool):
+  """A fresh tf.function (or eager fn) images -> raw outputs (SSDLiteModel: no NMS)."""
   if all(hasattr(model, a) for a in ('backbone', 'feature_maps', 'head')):
     def forward(images):
       endpoints = model.backbone(images, training=training)
@@ -162,12 +168,12 @@ def _forward(model, training: bool):
   else:
     def forward(images):
       return model(images, training=training)
-  return tf.function(forward)
+  return forward if eager else tf.function(forward)
 
 
-def _run(model, dataset, num_batches: int, training: bool) -> int:
+def _run(model, dataset, num_batches: int, training: bool, eager: bool) -> int:
   """Forward passes over up to `num_batches` batches; returns how many ran."""
-  forward = _forward(model, training)
+  forward = _forward(model, training, eager)
   batches = 0
   for element in dataset.take(num_batches):
     images = element[0] if isinstance(element, (tuple, list)) else element
@@ -178,13 +184,15 @@ def _run(model, dataset, num_batches: int, training: bool) -> int:
   return batches
 
 
-def audit(model, dataset, num_batches: int = DEFAULT_NUM_BATCHES) -> List[LayerAudit]:
+def audit(model, dataset, num_batches: int = DEFAULT_NUM_BATCHES,
+          eager: bool = False) -> List[LayerAudit]:
   """Inference-mode audit of every BN layer over `num_batches` of `dataset`.
 
   Args:
     model: a tf_keras model (SSDLiteModel or any) whose BN layers are built.
     dataset: tf.data of `(images [B, H, W, 3] float32, labels)` or images.
     num_batches: batches to use (fewer if the dataset ends).
+    eager: run eagerly instead of tracing a tf.function (faster for 1-2 batches).
 
   Returns:
     LayerAudit rows in the order the forward pass first calls the layers, then the
@@ -193,7 +201,7 @@ def audit(model, dataset, num_batches: int = DEFAULT_NUM_BATCHES) -> List[LayerA
   layers = batch_norm_layers(model)
   names = layer_names(model)
   with _capture(layers) as moments:
-    _run(model, dataset, num_batches, training=False)
+    _run(model, dataset, num_batches, training=False, eager=eager)
   rows = []
   for layer in layers:
     record = moments.get(id(layer))
@@ -224,8 +232,18 @@ def flagged(rows: Sequence[LayerAudit]) -> List[LayerAudit]:
   return [r for r in rows if r.status in (STATUS_STALE, STATUS_NEVER_UPDATED)]
 
 
-def recalibrate(model, dataset, num_batches: int = DEFAULT_NUM_BATCHES) -> int:
+def recalibrate(model, dataset, num_batches: int = DEFAULT_NUM_BATCHES,
+                unbiased: bool = False, eager: bool = False) -> int:
   """Re-estimates every used BN layer's moving statistics (precise BN, see module doc).
+
+  Args:
+    model: model whose BN layers are re-estimated in place.
+    dataset: tf.data of `(images, labels)` or images, `[B, H, W, 3]` float32.
+    num_batches: batches to average over (fewer if the dataset ends).
+    unbiased: False (default) averages the batch variances training-mode BN divides
+      by (1/n); True applies Bessel's n/(n-1) as Keras' moving average does. They
+      differ only where n = batch * h * w is small (the 1x1 maps of the last levels).
+    eager: as in `audit`.
 
   Returns the number of batches used. Gamma, beta and all other weights are unchanged.
   """
@@ -235,14 +253,14 @@ def recalibrate(model, dataset, num_batches: int = DEFAULT_NUM_BATCHES) -> int:
     layer.trainable = True
   try:
     with _capture(layers) as moments:
-      batches = _run(model, dataset, num_batches, training=True)
+      batches = _run(model, dataset, num_batches, training=True, eager=eager)
   finally:
     for layer in frozen:
       layer.trainable = False
   for layer in layers:
     record = moments.get(id(layer))
     if record is not None and record.count.numpy() > 0:
-      mean, variance = record.average_batch()
+      mean, variance = record.average_batch(unbiased)
       layer.moving_mean.assign(mean.astype(layer.moving_mean.dtype.as_numpy_dtype))
       layer.moving_variance.assign(
           variance.astype(layer.moving_variance.dtype.as_numpy_dtype))

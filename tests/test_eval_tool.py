@@ -108,8 +108,22 @@ def test_perfect_detections_give_ap_1(task_and_params):
   assert list(stats) == list(evaluate.STAT_NAMES)
   for name in ('AP', 'AP50', 'AP75', 'ARmax100'):
     assert stats[name] == pytest.approx(1.0), name
+  # AR@1 keeps one detection per image and class: recall of class k is
+  # sum_i min(1, n_ik) / sum_i n_ik (n_ik objects of class k in image i), averaged.
+  with open(params.task.validation_data.annotation_file, encoding='utf-8') as f:
+    annotations = json.load(f)['annotations']
+  recalls = []
+  for cat in SHAPES_IDS:
+    counts = {}
+    for a in annotations:
+      if a['category_id'] == cat:
+        counts[a['image_id']] = counts.get(a['image_id'], 0) + 1
+    if counts:
+      recalls.append(len(counts) / sum(counts.values()))
+  assert stats['ARmax1'] == pytest.approx(np.mean(recalls))
   for name, value in stats.items():  # 1, or -1 in an area range without ground truth
-    assert value == pytest.approx(1.0) or name in report['stats_without_groundtruth']
+    if name != 'ARmax1':
+      assert value == pytest.approx(1.0) or name in report['stats_without_groundtruth']
   assert [r['dataset_id'] for r in report['per_class']] == SHAPES_IDS
   for row in report['per_class']:
     assert row['AP'] == pytest.approx(1.0) or row['num_groundtruths'] == 0

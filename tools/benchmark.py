@@ -1,7 +1,8 @@
 """Benchmarks that print ratios against peers measured in the same run.
 
   python tools/benchmark.py backbone      # MobileNetV2 features vs keras.applications, MG
-  python tools/benchmark.py detector      # SSDLite forward / full inference, NMS cost
+  python tools/benchmark.py detector      # SSDLite forward / full inference vs MG RetinaNet
+  python tools/benchmark.py train         # training images/s vs MG RetinaNet-MNv2
 
 Latency is TF-graph (tf.function, no XLA) wall time at batch 1, median of interleaved
 rounds. Run on an otherwise idle machine.
@@ -10,6 +11,7 @@ rounds. Run on an otherwise idle machine.
 import argparse
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -17,9 +19,16 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import tf_keras
 
 import mnv2_det  # pylint: disable=unused-import
+from official.core import exp_factory
+from official.core import task_factory
+from official.vision.ops import anchor
+from official.vision.configs import backbones
+from official.vision.configs import decoders
+from official.vision.tasks import retinanet
 from mnv2_det.configs import ssdlite as ssdlite_cfg
 from mnv2_det.modeling import factory
 from mnv2_det.modeling.backbone import MobileNetV2Backbone
+from mnv2_det.tools_lib import model_stats
 from mnv2_det.tools_lib import timing
 from official.vision.modeling.backbones import mobilenet as mg_mobilenet
 
@@ -71,6 +80,70 @@ def bench_detector(args):
                      latencies, 'forward (backbone+maps+head)')
 
 
+def _images_per_second(step_fn, batch, warmup, steps):
+  for _ in range(warmup):
+    step_fn()
+  start = time.perf_counter()
+  for _ in range(steps):
+    step_fn()
+  return batch * steps / (time.perf_counter() - start)
+
+
+def _mg_labels(config, batch, size):
+  model = config.task.model
+  anchor_boxes = anchor.build_anchor_generator(
+      min_level=model.min_level, max_level=model.max_level,
+      num_scales=model.anchor.num_scales, aspect_ratios=model.anchor.aspect_ratios,
+      anchor_size=model.anchor.anchor_size)((size, size))
+  labeler = anchor.AnchorLabeler(match_threshold=0.5, unmatched_threshold=0.5)
+  gt_boxes = tf.constant([[10., 12., 90., 120.], [150., 40., 300., 200.], [200, 210, 260, 300]])
+  cls_t, box_t, _, cls_w, box_w = labeler.label_anchors(
+      anchor_boxes, gt_boxes, tf.constant([[1], [3], [5]]))
+  stack = lambda x: tf.stack([x] * batch)
+  return {'cls_targets': tf.nest.map_structure(stack, cls_t),
+          'box_targets': tf.nest.map_structure(stack, box_t),
+          'cls_weights': stack(cls_w), 'box_weights': stack(box_w)}
+
+
+def bench_train(args):
+  """Training images/s: ours with the real input pipeline vs MG with fixed targets."""
+  size, batch = 320, args.batch_size
+  params = exp_factory.get_exp_config('ssdlite_mnv2_shapes')
+  params.override({'task': {
+      'model': {'num_classes': 91, 'input_size': [size, size, 3],
+                'backbone': {'mnv2_det': {'depth_multiplier': 1.0}}},
+      'train_data': {'global_batch_size': batch,
+                     'annotation_file': os.path.join(args.data_dir,
+                                                     'annotations/instances_train.json'),
+                     'image_dir': os.path.join(args.data_dir, 'train')}}})
+  task = task_factory.get_task(params.task)
+  model = task.build_model()
+  optimizer = tf_keras.optimizers.Adam(1e-4)
+  iterator = iter(task.build_inputs(params.task.train_data))
+  ours = tf.function(lambda inputs: task.train_step(inputs, model, optimizer))
+  ours_step = lambda: ours(next(iterator))
+
+  mg_config = _retinanet_mnv2_config(91, size)
+  mg_task = retinanet.RetinaNetTask(mg_config.task)
+  mg_model = mg_task.build_model()
+  mg_optimizer = tf_keras.optimizers.Adam(1e-4)
+  mg_inputs = (tf.random.uniform([batch, size, size, 3], -1, 1), _mg_labels(mg_config, batch, size))
+  mg = tf.function(lambda: mg_task.train_step(mg_inputs, mg_model, mg_optimizer))
+
+  results = {}
+  for _ in range(args.rounds):
+    results.setdefault('mnv2_det SSDLite (real pipeline)', []).append(
+        _images_per_second(ours_step, batch, 3, args.steps))
+    results.setdefault('MG RetinaNet-MNv2 (fixed batch)', []).append(
+        _images_per_second(lambda: mg(), batch, 3, args.steps))
+  print(f'\ntraining images/s at {size}x{size}, batch {batch}, 91 classes')
+  best = {k: max(v) for k, v in results.items()}
+  for name, value in best.items():
+    print(f'  {name:40s} {value:8.2f} img/s')
+  ratio = best['mnv2_det SSDLite (real pipeline)'] / best['MG RetinaNet-MNv2 (fixed batch)']
+  print(f'  -> mnv2_det / MG = {ratio:.2f}x (target >= 1.3x)')
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,11 +152,18 @@ def main(argv=None):
   b.add_argument('--sizes', type=int, nargs='+', default=[224, 320])
   d = sub.add_parser('detector')
   d.add_argument('--num_classes', type=int, default=91)
-  for p in (b, d):
-    p.add_argument('--rounds', type=int, default=5)
+  d.add_argument('--mg_nms', default='batched', help="Model Garden nms_version")
+  t = sub.add_parser('train')
+  t.add_argument('--batch_size', type=int, default=8)
+  t.add_argument('--steps', type=int, default=10)
+  t.add_argument('--data_dir', default='data/shapes',
+                 help='synthetic set from `python -m mnv2_det.data.shapes DIR`')
+  for p in (b, d, t):
+    p.add_argument('--rounds', type=int, default=3 if p is t else 5)
     p.add_argument('--runs', type=int, default=10)
   args = parser.parse_args(argv)
-  {'backbone': bench_backbone, 'detector': bench_detector}[args.command](args)
+  {'backbone': bench_backbone, 'detector': bench_detector,
+   'train': bench_train}[args.command](args)
 
 
 if __name__ == '__main__':

@@ -136,8 +136,8 @@ def _iou(a, b):
   return inter / union
 
 
-def _sample_side(rng, height, width):
-  size_class = rng.choice(3, p=SIZE_CLASS_PROBS)
+def _sample_side(rng, height, width, size_class_probs=SIZE_CLASS_PROBS):
+  size_class = rng.choice(3, p=size_class_probs)
   if size_class == 0:
     return rng.uniform(*SMALL_SIDE)
   if size_class == 1:
@@ -146,13 +146,13 @@ def _sample_side(rng, height, width):
   return rng.uniform(LARGE_SIDE_MIN, large_max)
 
 
-def _place_objects(rng, height, width):
+def _place_objects(rng, height, width, size_class_probs=SIZE_CLASS_PROBS):
   """List of (category index, [x0, y0, x1, y1] patch) with limited overlap."""
   count = 0 if rng.uniform() < NEGATIVE_PROB else int(rng.integers(1, MAX_OBJECTS + 1))
   placed = []
   for _ in range(count):
     for _ in range(PLACEMENT_TRIES):
-      side = _sample_side(rng, height, width)
+      side = _sample_side(rng, height, width, size_class_probs)
       aspect = rng.uniform(*ASPECT_RANGE)
       w = int(np.clip(round(side * np.sqrt(aspect)), MIN_SHAPE_SIDE, width))
       h = int(np.clip(round(side / np.sqrt(aspect)), MIN_SHAPE_SIDE, height))
@@ -167,11 +167,11 @@ def _place_objects(rng, height, width):
   return placed
 
 
-def _render(rng, height, width):
+def _render(rng, height, width, size_class_probs=SIZE_CLASS_PROBS):
   """Returns (PIL RGB image, list of (category id, [x, y, w, h]))."""
   image = Image.fromarray(_background(rng, height, width))
   objects = []
-  for cat_index, (x0, y0, x1, y1) in _place_objects(rng, height, width):
+  for cat_index, (x0, y0, x1, y1) in _place_objects(rng, height, width, size_class_probs):
     cat_id, name, colour = CATEGORIES[cat_index]
     mask = _shape_mask(name, x1 - x0, y1 - y0, rng)
     jitter = rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, size=3)
@@ -184,7 +184,7 @@ def _render(rng, height, width):
   return image, objects
 
 
-def _write_split(out_dir, split, num_images, seed):
+def _write_split(out_dir, split, num_images, seed, size_class_probs=SIZE_CLASS_PROBS):
   image_dir = os.path.join(out_dir, split)
   os.makedirs(image_dir, exist_ok=True)
   images, annotations = [], []
@@ -192,7 +192,7 @@ def _write_split(out_dir, split, num_images, seed):
     rng = np.random.default_rng([seed, _SPLIT_CODES[split], index])
     height = int(rng.integers(IMAGE_SIDE_RANGE[0], IMAGE_SIDE_RANGE[1] + 1))
     width = int(rng.integers(IMAGE_SIDE_RANGE[0], IMAGE_SIDE_RANGE[1] + 1))
-    image, objects = _render(rng, height, width)
+    image, objects = _render(rng, height, width, size_class_probs)
     image_id = index + 1
     file_name = f'{split}_{index:06d}.jpg'
     image.save(os.path.join(image_dir, file_name), format='JPEG', quality=JPEG_QUALITY,
@@ -220,20 +220,29 @@ def _write_split(out_dir, split, num_images, seed):
 
 
 def generate(out_dir: str, num_train: int = DEFAULT_NUM_TRAIN,
-             num_val: int = DEFAULT_NUM_VAL, seed: int = DEFAULT_SEED) -> Dict[str, str]:
+             num_val: int = DEFAULT_NUM_VAL, seed: int = DEFAULT_SEED,
+             size_class_probs=SIZE_CLASS_PROBS) -> Dict[str, str]:
   """Writes the dataset; returns paths.
+
+  `size_class_probs`: odds of (small, medium, large) objects (COCO area ranges); the
+  default mixes all three. Other mixes make easier or harder variants (e.g. CI's
+  quick end-to-end test uses medium and large objects only).
 
   Returns:
     dict with 'train_images', 'train_annotations', 'val_images',
     'val_annotations' (folders / JSON files).
   """
+  probs = np.asarray(size_class_probs, np.float64)
+  if probs.shape != (3,) or np.any(probs < 0) or not np.isclose(probs.sum(), 1.0):
+    raise ValueError(f'size_class_probs must be 3 non-negative odds summing to 1, got '
+                     f'{size_class_probs}')
   if num_train < 0 or num_val < 0:
     raise ValueError(f'image counts must be >= 0, got num_train={num_train}, '
                      f'num_val={num_val}')
   paths = {}
   for split, count in (('train', num_train), ('val', num_val)):
     paths[f'{split}_images'], paths[f'{split}_annotations'] = _write_split(
-        out_dir, split, count, seed)
+        out_dir, split, count, seed, tuple(probs))
   return paths
 
 
@@ -273,8 +282,11 @@ def main(argv=None):
   parser.add_argument('--num_train', type=int, default=DEFAULT_NUM_TRAIN)
   parser.add_argument('--num_val', type=int, default=DEFAULT_NUM_VAL)
   parser.add_argument('--seed', type=int, default=DEFAULT_SEED)
+  parser.add_argument('--size_class_probs', type=float, nargs=3, default=SIZE_CLASS_PROBS,
+                      metavar=('SMALL', 'MEDIUM', 'LARGE'))
   args = parser.parse_args(argv)
-  paths = generate(args.out_dir, args.num_train, args.num_val, args.seed)
+  paths = generate(args.out_dir, args.num_train, args.num_val, args.seed,
+                   args.size_class_probs)
   report = {split: statistics(paths[f'{split}_annotations'])
             for split in ('train', 'val')}
   print(json.dumps({'paths': paths, 'statistics': report}, indent=2))

@@ -1,0 +1,117 @@
+"""Command line of tools/export.py.
+
+  python tools/export.py saved_model --experiment ssdlite_mnv2_shapes \
+      --checkpoint runs/shapes --output exports/shapes_sm [--batch_size 8]
+  python tools/export.py tflite --experiment ssdlite_mnv2_shapes \
+      --checkpoint runs/shapes --output exports/shapes_int8.tflite --quant int8 \
+      [--representative_images 100] [--fast_nms]
+
+Common flags: --config_file (repeatable), --params_override k=v,..., --best (with a
+model_dir: best_ckpt/), --overwrite. --checkpoint is a prefix (runs/shapes/ckpt-1500)
+or a model_dir (latest checkpoint and its params.yaml). Errors print one
+`error: ...` line and exit with code 2; nothing is left at --output.
+"""
+
+import argparse
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+
+from mnv2_det.export import atomic
+from mnv2_det.export import loader
+from mnv2_det.export import saved_model
+from mnv2_det.export import tflite as tflite_runtime
+from mnv2_det.export import tflite_convert
+from mnv2_det.tools_lib import evaluate
+
+BYTES_PER_MB = 1024.0 * 1024.0
+# Pixel value of the blank image of the post-export smoke run.
+SMOKE_TEST_PIXEL = 128
+
+
+def _common_flags() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(add_help=False)
+  parser.add_argument('--experiment', required=True, help='registered experiment name')
+  parser.add_argument('--checkpoint', required=True,
+                      help='checkpoint prefix, or a model_dir (latest ckpt + params.yaml)')
+  parser.add_argument('--output', required=True, help='output folder / .tflite file')
+  parser.add_argument('--config_file', action='append', default=[],
+                      help='YAML override (repeatable), applied after params.yaml')
+  parser.add_argument('--params_override', default='', help='k=v,... applied last')
+  parser.add_argument('--best', action='store_true',
+                      help='with a model_dir: use best_ckpt/ instead of the latest')
+  parser.add_argument('--overwrite', action='store_true', help='replace --output')
+  return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest='format', required=True)
+  common = _common_flags()
+  sm = sub.add_parser('saved_model', parents=[common],
+                      help='SavedModel: uint8 images of any size -> original pixels')
+  sm.add_argument('--batch_size', type=int,
+                  help='also add signature serving_batch: uint8 [B, H, W, 3] at the '
+                       'config input size')
+  tfl = sub.add_parser('tflite', parents=[common],
+                       help='TFLite detector with TFLite_Detection_PostProcess')
+  tfl.add_argument('--quant', choices=tflite_convert.QUANT_TYPES, default='fp32')
+  tfl.add_argument('--representative_images', type=int,
+                   default=tflite_convert.DEFAULT_REPRESENTATIVE_IMAGES,
+                   help='int8: calibration images from the training set (no augmentation)')
+  tfl.add_argument('--fast_nms', action='store_true',
+                   help="the op's class-agnostic fast NMS instead of per-class NMS")
+  return parser
+
+
+def _size_mb(path: str) -> float:
+  if os.path.isdir(path):
+    total = sum(os.path.getsize(os.path.join(root, name))
+                for root, _, names in os.walk(path) for name in names)
+  else:
+    total = os.path.getsize(path)
+  return total / BYTES_PER_MB
+
+
+def run(args) -> str:
+  """Exports as `args` say; returns the output path."""
+  atomic.check_output(args.output, args.overwrite)  # Fail before the slow part.
+  if args.format == 'saved_model':
+    loader.optional_int(args.batch_size, '--batch_size')
+  else:
+    loader.optional_int(args.representative_images, '--representative_images')
+  start = time.perf_counter()
+  loaded = loader.load_detector(args.experiment, args.checkpoint, args.config_file,
+                                args.params_override, args.best)
+  if args.format == 'saved_model':
+    path = saved_model.export_saved_model(
+        loaded.params, loaded.model, loaded.category_map, args.output,
+        batch_size=args.batch_size, overwrite=args.overwrite)
+  else:
+    representative = None
+    if args.quant == 'int8':
+      representative = tflite_convert.representative_images(
+          loaded.task, loaded.params, args.representative_images)
+    path = tflite_convert.export_tflite(
+        loaded.params, loaded.model, loaded.category_map, args.output, args.quant,
+        representative=representative, use_regular_nms=not args.fast_nms,
+        overwrite=args.overwrite, experiment=args.experiment)
+    detector = tflite_runtime.TFLiteDetector(path)
+    h, w = detector.input_size
+    detector(np.full([h, w, 3], SMOKE_TEST_PIXEL, np.uint8))  # Smoke run.
+  print(f'exported {args.format} from {loaded.checkpoint} to {path} '
+        f'({_size_mb(path):.2f} MB, {time.perf_counter() - start:.1f} s)')
+  return path
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = build_parser().parse_args(argv)
+  return evaluate.run_cli(lambda: run(args))
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,101 @@
+"""Config + trained model for export, with every user mistake as one ValueError."""
+
+import dataclasses
+from typing import Optional, Sequence
+
+import tensorflow as tf
+
+from official.core import config_definitions as cfg
+from official.core import task_factory
+
+import mnv2_det  # pylint: disable=unused-import  # registers backbone, task, experiments
+from mnv2_det.data.category_map import CategoryMap
+from mnv2_det.tools_lib import evaluate
+
+
+@dataclasses.dataclass
+class LoadedDetector:
+  """What an exporter needs.
+
+  Attributes:
+    params: the experiment config the model was built from.
+    task: the SSDLite task (data pipelines, category table).
+    model: SSDLiteModel with the checkpoint's weights.
+    category_map: contiguous index <-> dataset category id table.
+    checkpoint: the checkpoint prefix that was read.
+  """
+  params: cfg.ExperimentConfig
+  task: object
+  model: object
+  category_map: CategoryMap
+  checkpoint: str
+
+
+def _first_line(error: Exception) -> str:
+  text = getattr(error, 'message', None) or str(error)
+  return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
+def restore_checkpoint(model, prefix: str) -> None:
+  """`evaluate.restore_model` with unreadable files turned into a ValueError."""
+  try:
+    evaluate.restore_model(model, prefix)
+  except (tf.errors.OpError, OSError) as e:
+    raise ValueError(f'checkpoint {prefix} cannot be read (corrupt or truncated?): '
+                     f'{_first_line(e)}') from e
+
+
+def load_detector(experiment: str, checkpoint: str, config_files: Sequence[str] = (),
+                  params_override: str = '', best: bool = False) -> LoadedDetector:
+  """Builds params (experiment <- model_dir/params.yaml <- files <- override) and the
+  model, and restores the checkpoint.
+
+  Args:
+    experiment: registered experiment name, e.g. 'ssdlite_mnv2_shapes'.
+    checkpoint: a checkpoint prefix (`run/ckpt-600`) or a model_dir (latest
+      checkpoint, or `best_ckpt/` with `best`; its params.yaml is read when present).
+    config_files: YAML overrides applied after params.yaml.
+    params_override: `k=v,...` applied last.
+    best: with a model_dir, take `best_ckpt/`.
+
+  Raises:
+    ValueError: unknown experiment, bad override, missing / corrupt checkpoint, a
+      checkpoint of another architecture, or no category table (train annotations).
+  """
+  prefix, params_file = evaluate.resolve_checkpoint(checkpoint, best)
+  params = evaluate.build_params(experiment, params_file, config_files, params_override)
+  task = task_factory.get_task(params.task)
+  model = task.build_model()
+  restore_checkpoint(model, prefix)
+  return LoadedDetector(params=params, task=task, model=model,
+                        category_map=category_map_of(task), checkpoint=prefix)
+
+
+def category_map_of(task) -> CategoryMap:
+  """The task's category table, or a ValueError saying which file it needs."""
+  try:
+    return task.category_map
+  except (tf.errors.OpError, OSError) as e:
+    raise ValueError(f'cannot read the category table from the training annotations '
+                     f'(task.train_data.annotation_file): {_first_line(e)}') from e
+
+
+def detection_settings(params: cfg.ExperimentConfig) -> dict:
+  """Input and post-processing settings shared by the exporters."""
+  model = params.task.model
+  return {
+      'input_size': [int(s) for s in model.input_size[:2]],
+      'resize_mode': params.task.validation_data.parser.resize_mode,
+      'num_classes': int(model.num_classes),
+      'score_threshold': float(model.detection_generator.score_threshold),
+      'iou_threshold': float(model.detection_generator.iou_threshold),
+      'max_detections_per_class': int(model.detection_generator.max_detections_per_class),
+      'max_num_detections': int(model.detection_generator.max_num_detections),
+  }
+
+
+def optional_int(value: Optional[int], name: str, minimum: int = 1) -> Optional[int]:
+  """Validates an optional positive integer flag."""
+  if value is not None and value < minimum:
+    raise ValueError(f'{name} must be >= {minimum}, got {value}')
+  return value

@@ -1,0 +1,228 @@
+"""TFLite export: the whole detector (conv body + `TFLite_Detection_PostProcess`).
+
+Graph input `images` `[1, H, W, 3]` at the config's `input_size`, RGB pixel values
+in [0, 255]: float32 for fp32 / fp16, uint8 for int8 (its quantization is whatever
+calibration gives, ~scale 1, zero point 0; `TFLiteDetector` reads it). Resizing happens
+OUTSIDE the model (as the eval pipeline does it; `TFLiteDetector` uses the same TF
+functions); normalization (2/255)·x − 1 is inside. Outputs (float32): the op's
+detection_boxes `[1, K, 4]` normalized yxyx of the padded network frame,
+detection_classes `[1, K]` 0-based real class (contiguous index − 1),
+detection_scores `[1, K]`, num_detections `[1]` (see tflite_postprocess).
+
+Quantization (`quant`):
+  fp32: none.
+  fp16: `Optimize.DEFAULT` + `supported_types = [float16]` (fp16 weights).
+  int8: full-integer conv body (`TFLITE_BUILTINS_INT8`), calibrated on
+    representative images from the TRAINING pipeline without augmentation
+    (`representative_images`); uint8 input; the custom op dequantizes its inputs and
+    outputs float32.
+The file carries a JSON metadata entry (METADATA_NAME) with input size, padded size,
+resize mode, dataset ids / names and NMS settings, read back by `TFLiteDetector`.
+"""
+
+import copy
+import json
+import os
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.lite.python import schema_py_generated as schema_fb
+from tensorflow.lite.tools import flatbuffer_utils
+
+from mnv2_det.data.category_map import CategoryMap
+from mnv2_det.export import atomic
+from mnv2_det.export import loader
+from mnv2_det.export import saved_model
+from mnv2_det.export import serving_inputs
+from mnv2_det.export import tflite_postprocess
+from mnv2_det.ops import anchors as anchor_ops
+from mnv2_det.ops import box_coder
+from mnv2_det.data import preprocess
+
+QUANT_TYPES = ('fp32', 'fp16', 'int8')
+DEFAULT_REPRESENTATIVE_IMAGES = 100
+# Seed of the representative-data shuffle when train_data.seed is unset.
+DEFAULT_REPRESENTATIVE_SEED = 0
+METADATA_NAME = 'mnv2_det_detector'
+METADATA_FORMAT = 'mnv2_det.tflite_detector'
+METADATA_VERSION = 1
+INPUT_NAME = 'images'
+OUTPUT_KEYS = ('detection_boxes', 'detection_classes', 'detection_scores',
+               'num_detections')
+RGB_CHANNELS = 3
+TFLITE_BATCH_SIZE = 1
+
+
+def check_quant(quant: str) -> str:
+  if quant not in QUANT_TYPES:
+    raise ValueError(f'quant {quant!r} is not one of {QUANT_TYPES}')
+  return quant
+
+
+class TFLiteGraph(tf.Module):
+  """Pixels -> detector outputs, as the TFLite converter should see them.
+
+  Tracks only the Keras model's variables (see saved_model._InferenceModel).
+  """
+
+  def __init__(self, model, input_size: Sequence[int], num_classes: int,
+               postprocess_config: tflite_postprocess.PostProcessConfig):
+    super().__init__(name='ssdlite_tflite')
+    self.model_variables = list(model.variables)
+    self._backbone = model.backbone.__call__
+    self._feature_maps = model.feature_maps.__call__
+    self._head = model.head.__call__
+    self._input_size = [int(s) for s in input_size[:2]]
+    self._num_classes = int(num_classes)
+    self._anchors = tflite_postprocess.center_size_anchors(model.anchor_boxes)
+    self._postprocess = tflite_postprocess.make_postprocess_fn(postprocess_config)
+
+  def raw_outputs(self, pixels):
+    """`[1, H, W, 3]` pixels in [0, 255] -> box codes `[1, N, 4]`, sigmoid `[1, N, C]`.
+
+    The first half of `SSDLiteModel.call` (backbone, feature maps, head, inference
+    mode) without its TF post-processing, flattened in anchor order.
+    """
+    images = preprocess.normalize_image(pixels)
+    endpoints = self._backbone(images, training=False)
+    features = self._feature_maps(endpoints, training=False)
+    cls_outputs, box_outputs = self._head(features, training=False)
+    n = self._anchors.shape[0]
+    box_codes = tf.reshape(anchor_ops.flatten_levels(box_outputs, box_coder.CODE_SIZE),
+                           [TFLITE_BATCH_SIZE, n, box_coder.CODE_SIZE])
+    logits = tf.reshape(anchor_ops.flatten_levels(cls_outputs, self._num_classes),
+                        [TFLITE_BATCH_SIZE, n, self._num_classes])
+    return tf.cast(box_codes, tf.float32), tf.sigmoid(tf.cast(logits, tf.float32))
+
+  @tf.function
+  def detect(self, images):
+    box_codes, scores = self.raw_outputs(images)
+    outputs = self._postprocess(box_codes, scores, tf.constant(self._anchors))
+    return dict(zip(OUTPUT_KEYS, outputs))
+
+  def concrete_function(self):
+    spec = tf.TensorSpec([TFLITE_BATCH_SIZE] + self._input_size + [RGB_CHANNELS],
+                         tf.float32, name=INPUT_NAME)
+    return self.detect.get_concrete_function(spec)
+
+
+def postprocess_config(params, use_regular_nms: bool = True
+                       ) -> tflite_postprocess.PostProcessConfig:
+  s = loader.detection_settings(params)
+  return tflite_postprocess.PostProcessConfig(
+      num_classes=s['num_classes'] - 1, max_detections=s['max_num_detections'],
+      detections_per_class=s['max_detections_per_class'],
+      score_threshold=s['score_threshold'], iou_threshold=s['iou_threshold'],
+      use_regular_nms=use_regular_nms)
+
+
+def representative_images(task, params, num_images: int = DEFAULT_REPRESENTATIVE_IMAGES
+                          ) -> List[np.ndarray]:
+  """Calibration inputs: `num_images` `[1, H, W, 3]` float32 pixel arrays in [0, 255]
+  from the task's TRAINING pipeline with augmentation off (flip and crop disabled),
+  shuffled with train_data.seed (or DEFAULT_REPRESENTATIVE_SEED).
+
+  Raises:
+    ValueError: num_images < 1, or the training data cannot be read.
+  """
+  loader.optional_int(num_images, 'representative image count')
+  data = copy.deepcopy(params.task.train_data)
+  data.global_batch_size = TFLITE_BATCH_SIZE
+  data.parser.aug_random_flip = False
+  data.parser.aug_ssd_random_crop = False
+  if data.seed is None:
+    data.seed = DEFAULT_REPRESENTATIVE_SEED
+  source = data.annotation_file or data.input_path
+  try:
+    dataset = task.build_inputs(data)
+    images = [serving_inputs.normalized_to_pixels(image).numpy()
+              for image, _ in dataset.take(num_images)]
+  except (tf.errors.OpError, OSError, ValueError) as e:
+    raise ValueError(f'int8 quantization needs representative images from '
+                     f'task.train_data ({source or "not set"}): '
+                     f'{loader._first_line(e)}') from e  # pylint: disable=protected-access
+  if not images:
+    raise ValueError(f'task.train_data ({source}) yielded no representative images')
+  return images
+
+
+def convert(graph: TFLiteGraph, quant: str,
+            representative: Optional[Sequence[np.ndarray]] = None) -> bytes:
+  """Runs the TFLite converter on `graph` (module docstring for `quant`).
+
+  Raises:
+    ValueError: unknown quant, or int8 without representative images.
+  """
+  check_quant(quant)
+  if quant == 'int8' and not representative:
+    raise ValueError('int8 quantization needs representative data: pass representative '
+                     'images (e.g. representative_images(task, params, 100))')
+  converter = tf.lite.TFLiteConverter.from_concrete_functions(
+      [graph.concrete_function()], graph)
+  converter.allow_custom_ops = True  # TFLite_Detection_PostProcess.
+  if quant == 'fp16':
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_types = [tf.float16]
+  elif quant == 'int8':
+    samples = [np.asarray(x, np.float32) for x in representative]
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([x] for x in samples)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.uint8
+    # Outputs stay float32: the custom op dequantizes and emits float.
+  return converter.convert()
+
+
+def add_metadata(tflite_model: bytes, info: Dict) -> bytes:
+  """Appends `info` as JSON under METADATA_NAME to the flatbuffer's metadata."""
+  model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite_model))
+  buffer = schema_fb.BufferT()
+  buffer.data = np.frombuffer(json.dumps(info).encode('utf-8'), np.uint8)
+  model.buffers.append(buffer)
+  entry = schema_fb.MetadataT()
+  entry.name = METADATA_NAME
+  entry.buffer = len(model.buffers) - 1
+  model.metadata = list(model.metadata or []) + [entry]
+  return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def tflite_detector_bytes(params, model, category_map: CategoryMap, quant: str,
+                          representative: Optional[Sequence[np.ndarray]] = None,
+                          use_regular_nms: bool = True, experiment: str = '') -> bytes:
+  """The complete .tflite file contents (converted model + metadata)."""
+  check_quant(quant)
+  post = postprocess_config(params, use_regular_nms)
+  graph = TFLiteGraph(model, params.task.model.input_size, params.task.model.num_classes,
+                      post)
+  tflite_model = convert(graph, quant, representative)
+  info = saved_model.detector_info(
+      params, category_map, format=METADATA_FORMAT, version=METADATA_VERSION,
+      experiment=experiment, quantization=quant,
+      padded_size=[int(s) for s in model.padded_size], use_regular_nms=use_regular_nms,
+      input_pixel_range=[0, 255], pad_pixel_value=float(
+          serving_inputs.normalized_to_pixels(preprocess.PAD_VALUE).numpy()))
+  return add_metadata(tflite_model, info)
+
+
+def export_tflite(params, model, category_map: CategoryMap, output: str, quant: str,
+                  representative: Optional[Sequence[np.ndarray]] = None,
+                  use_regular_nms: bool = True, overwrite: bool = False,
+                  experiment: str = '') -> str:
+  """Writes the .tflite detector to `output` (all or nothing); returns its path.
+
+  Raises:
+    ValueError: unknown quant, int8 without `representative`, existing output
+      without `overwrite`.
+  """
+  check_quant(quant)
+  if quant == 'int8' and not representative:
+    raise ValueError('int8 quantization needs representative data (representative '
+                     'images from the training set); none given')
+  atomic.check_output(output, overwrite)
+  contents = tflite_detector_bytes(params, model, category_map, quant, representative,
+                                   use_regular_nms, experiment)
+  with atomic.atomic_output(output, is_dir=False, overwrite=overwrite) as temp:
+    with open(temp, 'wb') as f:
+      f.write(contents)
+  return os.path.abspath(output)

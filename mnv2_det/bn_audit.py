@@ -348,7 +348,7 @@ def run(args) -> Dict[str, Any]:
                                  args.params_override)
   task, model = eval_lib.load_task_and_model(params, prefix)
   dataset = audit_dataset(task, params, args.data)
-  rows = audit(model, dataset, args.num_batches)
+  rows = audit(model, dataset, args.num_batches, eager=args.eager)
   print(format_table(rows))
   report = {'checkpoint': prefix, 'data': args.data, 'num_batches': args.num_batches,
             'thresholds': {'mean_shift': STALE_MEAN_SHIFT,
@@ -356,8 +356,8 @@ def run(args) -> Dict[str, Any]:
             'layers': [dataclasses.asdict(r) for r in rows],
             'num_flagged': len(flagged(rows))}
   if args.recalibrate:
-    recalibrate(model, dataset, args.num_batches)
-    after = audit(model, dataset, args.num_batches)
+    recalibrate(model, dataset, args.num_batches, eager=args.eager)
+    after = audit(model, dataset, args.num_batches, eager=args.eager)
     report['recalibrated_checkpoint'] = write_checkpoint(model, prefix, args.output_dir,
                                                          params_file)
     report['after_recalibration'] = [dataclasses.asdict(r) for r in after]
@@ -379,5 +379,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--recalibrate', action='store_true',
                       help='re-estimate moving statistics and write a new checkpoint')
   parser.add_argument('--output_dir', help='folder for the recalibrated checkpoint')
+  parser.add_argument('--eager', action='store_true',
+                      help='run eagerly instead of tracing (faster for 1-3 batches)')
   args = parser.parse_args(argv)
   return eval_lib.run_cli(lambda: run(args))

@@ -104,8 +104,13 @@ class Parser:
                include_groundtruths: bool,
                anchor_labeler: Optional[AnchorLabeler] = None,
                resize_mode: str = 'fixed',
-               max_num_instances: int = DEFAULT_MAX_NUM_INSTANCES):
+               max_num_instances: int = DEFAULT_MAX_NUM_INSTANCES,
+               random_crop: bool = True, random_flip: bool = True):
+    """`augment_images` turns augmentation on; `random_crop` (SSD random crop) and
+    `random_flip` (horizontal) choose which."""
     self._output_size = preprocess.validate_resize(resize_mode, output_size)
+    self._random_crop = random_crop
+    self._random_flip = random_flip
     if max_num_instances < 1:
       raise ValueError(f'max_num_instances must be >= 1, got {max_num_instances}')
     self._category_map = category_map
@@ -125,10 +130,12 @@ class Parser:
     crop_begin, crop_hw = tf.zeros([2], tf.int32), original_hw
     if self._augment:
       crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-      image, boxes, kept, crop_begin, crop_hw = augment.ssd_random_crop(
-          image, boxes, crop_seed)
-      classes = tf.gather(classes, kept)
-      image, boxes, _ = augment.random_horizontal_flip(image, boxes, flip_seed)
+      if self._random_crop:
+        image, boxes, kept, crop_begin, crop_hw = augment.ssd_random_crop(
+            image, boxes, crop_seed)
+        classes = tf.gather(classes, kept)
+      if self._random_flip:
+        image, boxes, _ = augment.random_horizontal_flip(image, boxes, flip_seed)
     image, size = preprocess.resize_and_pad(image, self._output_size,
                                             self._resize_mode)
     boxes = preprocess.boxes_to_output_frame(boxes, size, self._output_size)
@@ -245,7 +252,8 @@ def build_dataset_from_coco(coco: coco_reader.CocoDataset, is_training: bool,
                             shuffle: Optional[bool] = None,
                             deterministic: Optional[bool] = None,
                             drop_remainder: Optional[bool] = None,
-                            input_context: Optional[tf.distribute.InputContext] = None
+                            input_context: Optional[tf.distribute.InputContext] = None,
+                            random_crop: bool = True, random_flip: bool = True
                             ) -> tf.data.Dataset:
   """Pipeline over an already read CocoDataset; arguments as build_dataset."""
   if not coco.records:
@@ -256,7 +264,8 @@ def build_dataset_from_coco(coco: coco_reader.CocoDataset, is_training: bool,
                   include_groundtruths=(not is_training if include_groundtruths is None
                                         else include_groundtruths),
                   anchor_labeler=anchor_labeler, resize_mode=resize_mode,
-                  max_num_instances=max_num_instances)
+                  max_num_instances=max_num_instances, random_crop=random_crop,
+                  random_flip=random_flip)
   dataset = tf.data.Dataset.from_tensor_slices(_record_slices(coco.records))
   return _assemble(dataset, _load_image, parser, batch_size, len(coco.records),
                    is_training, seed, repeat, shuffle, deterministic, drop_remainder,
@@ -293,7 +302,8 @@ def build_dataset(annotation_file: str, image_dir: str, is_training: bool,
     check_images, on_bad_image: see coco_reader.read_coco.
     **kwargs: augment_images, include_groundtruths, repeat, shuffle,
       deterministic, drop_remainder (bool or None for the default), and
-      input_context (a tf.distribute.InputContext: shard per input pipeline).
+      input_context (a tf.distribute.InputContext: shard per input pipeline),
+      random_crop / random_flip (which augmentations run when augmenting).
 
   Returns:
     tf.data.Dataset of `(images, labels)`; see the module docstring.
@@ -314,6 +324,7 @@ def build_dataset_from_tfrecords(file_pattern: str, category_map: CategoryMap,
                                  shuffle_buffer: int = DEFAULT_TFRECORD_SHUFFLE_BUFFER,
                                  augment_images: Optional[bool] = None,
                                  include_groundtruths: Optional[bool] = None,
+                                 random_crop: bool = True, random_flip: bool = True,
                                  **kwargs) -> tf.data.Dataset:
   """Same pipeline over Model Garden TFRecords (labels are dataset category ids).
 
@@ -324,7 +335,8 @@ def build_dataset_from_tfrecords(file_pattern: str, category_map: CategoryMap,
                   include_groundtruths=(not is_training if include_groundtruths is None
                                         else include_groundtruths),
                   anchor_labeler=anchor_labeler, resize_mode=resize_mode,
-                  max_num_instances=max_num_instances)
+                  max_num_instances=max_num_instances, random_crop=random_crop,
+                  random_flip=random_flip)
   dataset = tf.data.TFRecordDataset(tfrecord_reader.list_files(file_pattern))
   return _assemble(dataset, tfrecord_reader.make_decode_fn(category_map), parser,
                    batch_size, shuffle_buffer, is_training, seed, **kwargs)

@@ -77,6 +77,13 @@ def _size_mb(path: str) -> float:
   return total / BYTES_PER_MB
 
 
+def smoke_test(path: str) -> None:
+  """Loads a written .tflite with TFLiteDetector and runs it on a blank image."""
+  detector = tflite_runtime.TFLiteDetector(path)
+  h, w = detector.input_size
+  detector(np.full([h, w, 3], SMOKE_TEST_PIXEL, np.uint8))
+
+
 def run(args) -> str:
   """Exports as `args` say; returns the output path."""
   atomic.check_output(args.output, args.overwrite)  # Fail before the slow part.
@@ -99,10 +106,7 @@ def run(args) -> str:
     path = tflite_convert.export_tflite(
         loaded.params, loaded.model, loaded.category_map, args.output, args.quant,
         representative=representative, use_regular_nms=not args.fast_nms,
-        overwrite=args.overwrite, experiment=args.experiment)
-    detector = tflite_runtime.TFLiteDetector(path)
-    h, w = detector.input_size
-    detector(np.full([h, w, 3], SMOKE_TEST_PIXEL, np.uint8))  # Smoke run.
+        overwrite=args.overwrite, experiment=args.experiment, verify=smoke_test)
   print(f'exported {args.format} from {loaded.checkpoint} to {path} '
         f'({_size_mb(path):.2f} MB, {time.perf_counter() - start:.1f} s)')
   return path

@@ -23,7 +23,7 @@ resize mode, dataset ids / names and NMS settings, read back by `TFLiteDetector`
 import copy
 import json
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -208,8 +208,12 @@ def tflite_detector_bytes(params, model, category_map: CategoryMap, quant: str,
 def export_tflite(params, model, category_map: CategoryMap, output: str, quant: str,
                   representative: Optional[Sequence[np.ndarray]] = None,
                   use_regular_nms: bool = True, overwrite: bool = False,
-                  experiment: str = '') -> str:
+                  experiment: str = '',
+                  verify: Optional[Callable[[str], None]] = None) -> str:
   """Writes the .tflite detector to `output` (all or nothing); returns its path.
+
+  `verify(temp_path)`, if given, runs on the written file before it is renamed to
+  `output` (e.g. a smoke run with TFLiteDetector); if it raises, nothing is left.
 
   Raises:
     ValueError: unknown quant, int8 without `representative`, existing output
@@ -225,4 +229,6 @@ def export_tflite(params, model, category_map: CategoryMap, output: str, quant: 
   with atomic.atomic_output(output, is_dir=False, overwrite=overwrite) as temp:
     with open(temp, 'wb') as f:
       f.write(contents)
+    if verify is not None:
+      verify(temp)
   return os.path.abspath(output)

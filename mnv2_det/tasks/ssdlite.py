@@ -98,12 +98,14 @@ class SSDLiteTask(base_task.Task):
         output_size=self.task_config.model.input_size[:2],
         anchor_labeler=self.anchor_labeler(), resize_mode=params.parser.resize_mode,
         max_num_instances=params.parser.max_num_instances, seed=params.seed,
-        input_context=input_context)
+        input_context=input_context,
+        augment_images=params.is_training and (params.parser.aug_random_flip or
+                                               params.parser.aug_ssd_random_crop),
+        random_crop=params.parser.aug_ssd_random_crop,
+        random_flip=params.parser.aug_random_flip)
     if params.annotation_file:
       dataset = input_pipeline.build_dataset(
           params.annotation_file, params.image_dir, category_map=self.category_map,
-          augment_images=params.is_training and (params.parser.aug_random_flip or
-                                                 params.parser.aug_ssd_random_crop),
           **kwargs)
     elif params.input_path:
       dataset = input_pipeline.build_dataset_from_tfrecords(

@@ -61,6 +61,7 @@ INITIAL_MOVING_MEAN = 0.0
 INITIAL_MOVING_VARIANCE = 1.0
 DEFAULT_NUM_BATCHES = 20
 DEFAULT_DATA_SEED = 0
+CHECKPOINT_INDEX_FILE = 'checkpoint'
 STATUS_OK, STATUS_STALE, STATUS_NEVER_UPDATED, STATUS_UNUSED = (
     'ok', 'stale', 'never-updated', 'unused')
 
@@ -267,6 +268,16 @@ def recalibrate(model, dataset, num_batches: int = DEFAULT_NUM_BATCHES,
   return batches
 
 
+def check_output_dir(output_dir: str, source_prefix: str) -> None:
+  """ValueError if `output_dir` is the source's folder or already holds a checkpoint."""
+  if os.path.abspath(output_dir) == os.path.dirname(os.path.abspath(source_prefix)):
+    raise ValueError(f'--output_dir {output_dir} is the source checkpoint folder; '
+                     'recalibration never overwrites its input')
+  if tf.io.gfile.exists(os.path.join(output_dir, CHECKPOINT_INDEX_FILE)) or tf.io.gfile.glob(
+      os.path.join(output_dir, '*.index')):
+    raise ValueError(f'--output_dir {output_dir} already holds a checkpoint')
+
+
 def write_checkpoint(model, source_prefix: str, output_dir: str,
                      params_file: Optional[str] = None) -> str:
   """Copies `source_prefix` into `output_dir` with the model's current values.
@@ -279,13 +290,7 @@ def write_checkpoint(model, source_prefix: str, output_dir: str,
   params.yaml is copied along when given. Never overwrites: ValueError if
   `output_dir` already holds a checkpoint or is the source's folder.
   """
-  source_dir = os.path.dirname(os.path.abspath(source_prefix))
-  if os.path.abspath(output_dir) == source_dir:
-    raise ValueError(f'--output_dir {output_dir} is the source checkpoint folder; '
-                     'recalibration never overwrites its input')
-  if tf.train.latest_checkpoint(output_dir) or tf.io.gfile.glob(
-      os.path.join(output_dir, '*.index')):
-    raise ValueError(f'--output_dir {output_dir} already holds a checkpoint')
+  check_output_dir(output_dir, source_prefix)
   tf.io.gfile.makedirs(output_dir)
   reader = tf.train.load_checkpoint(source_prefix)
   keys = eval_lib.model_variable_keys(source_prefix)
@@ -296,7 +301,10 @@ def write_checkpoint(model, source_prefix: str, output_dir: str,
   tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[''] * len(names),
                     tensors=[values[n] if n in values else reader.get_tensor(n)
                              for n in names])
-  tf.compat.v1.train.update_checkpoint_state(output_dir, prefix)
+  # The `checkpoint` index file CheckpointManager writes (text proto, relative path).
+  name = os.path.basename(prefix)
+  with tf.io.gfile.GFile(os.path.join(output_dir, CHECKPOINT_INDEX_FILE), 'w') as f:
+    f.write(f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n')
   if params_file:
     shutil.copyfile(params_file, os.path.join(output_dir, eval_lib.PARAMS_FILE))
   return prefix
@@ -339,11 +347,8 @@ def run(args) -> Dict[str, Any]:
   if args.recalibrate and not args.output_dir:
     raise ValueError('--recalibrate needs --output_dir (the input is never overwritten)')
   prefix, params_file = eval_lib.resolve_checkpoint(args.checkpoint, args.best)
-  if args.recalibrate and (tf.train.latest_checkpoint(args.output_dir) or
-                           os.path.abspath(args.output_dir) ==
-                           os.path.dirname(os.path.abspath(prefix))):
-    raise ValueError(f'--output_dir {args.output_dir} already holds a checkpoint or is '
-                     'the source folder')
+  if args.recalibrate:
+    check_output_dir(args.output_dir, prefix)  # before the slow part
   params = eval_lib.build_params(args.experiment, params_file, args.config_file,
                                  args.params_override)
   task, model = eval_lib.load_task_and_model(params, prefix)

@@ -173,21 +173,21 @@ def test_groundtruth_without_area_and_iscrowd(tmp_path):
     evaluate.coco_evaluate(gt, [], [7, 8], path)
 
 
-def _save_fresh_checkpoint(params, model_dir):
+@pytest.fixture(scope='module')
+def model_dir(task_and_params, tmp_path_factory):
   """A freshly initialized model saved like the Model Garden trainer, + params.yaml."""
-  from official.core import task_factory  # pylint: disable=g-import-not-at-top
+  task, params = task_and_params
+  path = str(tmp_path_factory.mktemp('run'))
   tf_keras.utils.set_random_seed(0)
-  model = task_factory.get_task(params.task).build_model()
+  model = task.build_model()
   checkpoint = tf.train.Checkpoint(global_step=tf.Variable(0, dtype=tf.int64),
                                    model=model, **model.checkpoint_items)
-  tf.train.CheckpointManager(checkpoint, model_dir, max_to_keep=1).save(checkpoint_number=0)
-  train_utils.serialize_config(params, model_dir)
+  tf.train.CheckpointManager(checkpoint, path, max_to_keep=1).save(checkpoint_number=0)
+  train_utils.serialize_config(params, path)
+  return path
 
 
-def test_cli_end_to_end_on_fresh_checkpoint(task_and_params, tmp_path, capsys):
-  _, params = task_and_params
-  model_dir = str(tmp_path / 'run')
-  _save_fresh_checkpoint(params, model_dir)
+def test_cli_end_to_end_on_fresh_checkpoint(model_dir, tmp_path, capsys):
   report_path = str(tmp_path / 'report.json')
   # The model_dir's params.yaml carries the tiny model and the data paths.
   code = evaluate.main(['--experiment', EXPERIMENT, '--checkpoint', model_dir,
@@ -214,8 +214,7 @@ def _run_cli_expecting_error(argv, capsys):
   return err
 
 
-def test_cli_errors_name_the_path(task_and_params, tmp_path, capsys):
-  _, params = task_and_params
+def test_cli_errors_name_the_path(model_dir, tmp_path, capsys):
   missing = str(tmp_path / 'nope')
   err = _run_cli_expecting_error(['--experiment', EXPERIMENT, '--checkpoint', missing],
                                  capsys)
@@ -225,8 +224,6 @@ def test_cli_errors_name_the_path(task_and_params, tmp_path, capsys):
   err = _run_cli_expecting_error(['--experiment', EXPERIMENT, '--checkpoint', empty],
                                  capsys)
   assert empty in err and 'no checkpoint' in err
-  model_dir = str(tmp_path / 'run')
-  _save_fresh_checkpoint(params, model_dir)
   err = _run_cli_expecting_error(
       ['--experiment', EXPERIMENT, '--checkpoint', model_dir, '--params_override',
        'task.model.backbone.mnv2_det.depth_multiplier=0.5'], capsys)

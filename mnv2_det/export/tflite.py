@@ -16,12 +16,22 @@ Host-side steps around the interpreter (an app on device does the same itself):
      image_info of step 1 (`ops.postprocess.map_boxes_to_original`), clipped; boxes
      left with zero area are dropped (as the TF post-processing does);
   3. classes: op class + 1 = contiguous index -> dataset id (metadata table).
+
+LiteRT bug (ai-edge-litert 2.3.0; tensorflow/tensorflow#56058): with
+`use_regular_nms` and an interpreter of T threads, 1 < T < num real classes, the op's
+multi-threaded regular NMS never evaluates real class column T (its work counter
+starts at T and is pre-incremented), so that class is silently never detected. Measured
+here: 2 threads drop contiguous class 3, 3 threads class 4, 4 threads class 5.
+`safe_num_threads` therefore runs such models with 1 thread (and logs why); a
+`--fast_nms` export (single-threaded class-agnostic NMS) is not affected. Apps on
+device must do the same.
 """
 
 import json
 import os
 from typing import Any, Dict, Mapping
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
@@ -33,6 +43,7 @@ from mnv2_det.export import tflite_convert
 from mnv2_det.ops import postprocess
 
 DEFAULT_NUM_THREADS = 2
+SAFE_NUM_THREADS = 1
 # Bytes 4..8 of every TFLite flatbuffer (the schema's file_identifier).
 TFLITE_FILE_IDENTIFIER = b'TFL3'
 _IDENTIFIER_SLICE = slice(4, 8)
@@ -72,18 +83,42 @@ def read_detector_metadata(path: str, contents: bytes) -> Dict[str, Any]:
   return info
 
 
+def safe_num_threads(requested: int, num_real_classes: int,
+                     use_regular_nms: bool) -> int:
+  """Thread count that avoids the LiteRT regular-NMS bug (module docstring)."""
+  if requested < 1:
+    raise ValueError(f'num_threads must be >= 1, got {requested}')
+  if use_regular_nms and 1 < requested < num_real_classes:
+    return SAFE_NUM_THREADS
+  return requested
+
+
 class TFLiteDetector:
   """A .tflite written by `tflite_convert.export_tflite`, run with ai-edge-litert."""
 
   def __init__(self, path: str, num_threads: int = DEFAULT_NUM_THREADS):
+    """Loads `path`; `num_threads` may be lowered by `safe_num_threads`.
+
+    Raises:
+      ValueError: missing file, not a TFLite flatbuffer, not an mnv2_det detector
+        (no metadata or another signature), or the interpreter rejects it.
+    """
     if not os.path.isfile(path):
       raise ValueError(f'TFLite model {path} does not exist')
     with open(path, 'rb') as f:
       contents = f.read()
     self.path = path
     self.info = read_detector_metadata(path, contents)
+    self.num_threads = safe_num_threads(num_threads, int(self.info['num_classes']) - 1,
+                                        bool(self.info.get('use_regular_nms', True)))
+    if self.num_threads != num_threads:
+      logging.warning('%s: running with %d thread(s) instead of %d: LiteRT regular NMS '
+                      'with %d threads never detects contiguous class %d '
+                      '(tensorflow/tensorflow#56058)', path, self.num_threads,
+                      num_threads, num_threads, num_threads + OP_CLASS_OFFSET)
     try:
-      self._interpreter = Interpreter(model_content=contents, num_threads=num_threads)
+      self._interpreter = Interpreter(model_content=contents,
+                                      num_threads=self.num_threads)
       self._runner = self._interpreter.get_signature_runner()
     except (ValueError, RuntimeError) as e:
       raise ValueError(f'{path}: the TFLite interpreter cannot load it: {e}') from e

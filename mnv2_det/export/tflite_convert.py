@@ -30,6 +30,7 @@ import tensorflow as tf
 from tensorflow.lite.python import schema_py_generated as schema_fb
 from tensorflow.lite.tools import flatbuffer_utils
 
+from mnv2_det.data import preprocess
 from mnv2_det.data.category_map import CategoryMap
 from mnv2_det.export import atomic
 from mnv2_det.export import loader
@@ -38,7 +39,6 @@ from mnv2_det.export import serving_inputs
 from mnv2_det.export import tflite_postprocess
 from mnv2_det.ops import anchors as anchor_ops
 from mnv2_det.ops import box_coder
-from mnv2_det.data import preprocess
 
 QUANT_TYPES = ('fp32', 'fp16', 'int8')
 DEFAULT_REPRESENTATIVE_IMAGES = 100
@@ -141,7 +141,7 @@ def representative_images(task, params, num_images: int = DEFAULT_REPRESENTATIVE
   except (tf.errors.OpError, OSError, ValueError) as e:
     raise ValueError(f'int8 quantization needs representative images from '
                      f'task.train_data ({source or "not set"}): '
-                     f'{loader._first_line(e)}') from e  # pylint: disable=protected-access
+                     f'{loader.first_line(e)}') from e
   if not images:
     raise ValueError(f'task.train_data ({source}) yielded no representative images')
   return images

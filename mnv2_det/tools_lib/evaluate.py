@@ -52,6 +52,7 @@ NO_GROUNDTRUTH_NOTE = ('-1 = no ground truth in this area range / class '
 _AREA_ALL = 0
 _MAX_DETS_LAST = -1
 _IOU_50 = 0
+_MIN_SECONDS = 1e-9  # guards images/s against a zero timer reading
 DETECTION_KEYS = ('detection_boxes', 'detection_scores', 'detection_classes',
                   'num_detections')
 
@@ -137,8 +138,8 @@ def coco_evaluate(groundtruth: COCO, results: List[Dict[str, Any]],
   -1], `per_class` [{name, dataset_id, num_groundtruths, AP, AP50}].
   """
   known = set(groundtruth.getImgIds())
-  unknown = sorted({int(i) for i in image_ids} - known |
-                   {r['image_id'] for r in results} - known)
+  unknown = sorted(({int(i) for i in image_ids} - known) |
+                   ({r['image_id'] for r in results} - known))
   if unknown:
     raise ValueError(f'{annotation_file or "ground truth"}: image ids {unknown[:10]} are '
                      'not in the annotation file')
@@ -226,7 +227,7 @@ def evaluate(detect_fn: DetectFn, dataset, category_map: CategoryMap,
             'num_detections': len(results)}
   report.update(coco_evaluate(groundtruth, results, image_ids, annotation_file))
   report['detect_seconds'] = sum(t for t, _ in batch_times)
-  report['images_per_second'] = sum(n for _, n in timed) / max(seconds, 1e-9)
+  report['images_per_second'] = sum(n for _, n in timed) / max(seconds, _MIN_SECONDS)
   report['note'] = NO_GROUNDTRUTH_NOTE
   if detections_file:
     with open(detections_file, 'w', encoding='utf-8') as f:

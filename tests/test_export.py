@@ -1,0 +1,344 @@
+"""SavedModel / TFLite export: equality with the in-process model, int8, bad input.
+
+One tiny detector (128x128 input, depth multiplier 0.35) with deterministic,
+non-degenerate weights (`_set_weights`: He-normal convs, unit BN, class biases that
+let every class compete), so sigmoid scores are spread out (~0.5-0.7, distinct)
+instead of the near-uniform prior of a fresh model, and top-k comparisons mean
+something. Its checkpoint is written with tf.train.Checkpoint(model=...) as the Model
+Garden trainer does.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+from ai_edge_litert.interpreter import Interpreter
+
+from official.core import task_factory
+
+from mnv2_det.data import shapes
+from mnv2_det.export import atomic
+from mnv2_det.export import cli
+from mnv2_det.export import loader
+from mnv2_det.export import serving_inputs
+from mnv2_det.export import tflite
+from mnv2_det.export import tflite_convert
+from mnv2_det.export import tflite_postprocess
+from mnv2_det.tools_lib import evaluate
+
+EXPERIMENT = 'ssdlite_mnv2_shapes'
+INPUT = 128
+NUM_CLASSES = 7  # The shapes experiment: 5 categories + background + 1 spare slot.
+SHAPES_IDS = [1, 3, 7, 9, 12]  # Dataset ids of the shapes generator's categories.
+TOP_K = 20  # Detections compared between implementations.
+BOX_ATOL_PX = 0.05
+SCORE_ATOL = 1e-4
+IMAGE_HW = (150, 210)  # Not the input size: the SavedModel must resize.
+
+
+def _overrides(data_dir):
+  return ','.join([
+      f'task.train_data.annotation_file={data_dir}/annotations/instances_train.json',
+      f'task.train_data.image_dir={data_dir}/train',
+      f'task.validation_data.annotation_file={data_dir}/annotations/instances_val.json',
+      f'task.validation_data.image_dir={data_dir}/val',
+      f'task.model.input_size=[{INPUT},{INPUT},3]',
+      'task.model.backbone.mnv2_det.depth_multiplier=0.35',
+  ])
+
+
+def _set_weights(model, seed=0):
+  """Deterministic weights with O(1) activations and spread-out class scores."""
+  rng = np.random.default_rng(seed)
+  for v in model.variables:
+    name, shape = v.name, v.shape.as_list()
+    if 'moving_variance' in name or 'gamma' in name:
+      value = np.ones(shape)
+    elif 'moving_mean' in name or 'beta' in name:
+      value = np.zeros(shape)
+    elif name.endswith('bias:0'):
+      value = np.zeros(shape)
+      if 'class' in name:  # Anchor-major channels: background -6, classes ~ -2.
+        value = rng.uniform(-2.5, -1.5, shape)
+        value[::NUM_CLASSES] = -6.0
+    else:
+      fan_in = np.prod(shape[:2]) if 'depthwise' in name else np.prod(shape[:-1])
+      std = np.sqrt(2.0 / fan_in) * (0.3 if 'predictor' in name else 1.0)
+      value = rng.normal(0.0, std, shape)
+    v.assign(value.astype(np.float32))
+
+
+def _image(seed, hw=IMAGE_HW):
+  """Smooth random uint8 RGB image (upsampled noise)."""
+  rng = np.random.default_rng(seed)
+  small = rng.integers(0, 256, [hw[0] // 10, hw[1] // 10, 3]).astype(np.float32)
+  return tf.cast(tf.image.resize(small, hw), tf.uint8).numpy()
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp('shapes'))
+  shapes.generate(data_dir, num_train=6, num_val=2, seed=5)
+  override = _overrides(data_dir)
+  params = evaluate.build_params(EXPERIMENT, params_override=override)
+  task = task_factory.get_task(params.task)
+  model = task.build_model()
+  _set_weights(model)
+  ckpt_dir = tmp_path_factory.mktemp('ckpt')
+  prefix = tf.train.Checkpoint(model=model).write(str(ckpt_dir / 'ckpt-1'))
+  return dict(params=params, task=task, model=model, prefix=prefix, override=override,
+              category_map=task.category_map, out=tmp_path_factory.mktemp('out'))
+
+
+def _model_detections(setup, image):
+  """In-process reference: eval preprocessing + SSDLiteModel, dataset ids."""
+  prepared, info = serving_inputs.prepare_image(tf.constant(image), [INPUT, INPUT],
+                                                'fixed')
+  out = setup['model'](prepared[None], image_info=info[None], training=False)
+  out = {k: out[k].numpy() for k in evaluate.DETECTION_KEYS}
+  out['detection_classes'] = setup['category_map'].tf_to_dataset(
+      out['detection_classes']).numpy()
+  return out
+
+
+@pytest.fixture(scope='module')
+def saved_model_dir(setup):
+  output = str(setup['out'] / 'sm')
+  rc = cli.main(['saved_model', '--experiment', EXPERIMENT, '--checkpoint',
+                 setup['prefix'], '--params_override', setup['override'],
+                 '--output', output, '--batch_size', '2'])
+  assert rc == 0
+  return output
+
+
+@pytest.fixture(scope='module')
+def signatures(saved_model_dir):
+  loaded = tf.saved_model.load(saved_model_dir)
+  return loaded, loaded.signatures
+
+
+@pytest.fixture(scope='module')
+def fp32_tflite(setup):
+  s = setup
+  return tflite_convert.export_tflite(s['params'], s['model'], s['category_map'],
+                                      str(s['out'] / 'fp32.tflite'), 'fp32')
+
+
+# ----------------------------------------------------------------- SavedModel
+def test_saved_model_equals_in_process_model(setup, signatures):
+  image = _image(1)
+  got = {k: v.numpy() for k, v in
+         signatures[1]['serving_default'](images=tf.constant(image[None])).items()}
+  want = _model_detections(setup, image)
+  n = int(want['num_detections'][0])
+  assert n > TOP_K and int(got['num_detections'][0]) == n
+  np.testing.assert_allclose(got['detection_boxes'], want['detection_boxes'], atol=1e-3)
+  np.testing.assert_allclose(got['detection_scores'], want['detection_scores'], atol=1e-5)
+  np.testing.assert_array_equal(got['detection_classes'][0, :n],
+                                want['detection_classes'][0, :n])
+  # Boxes are in original pixels: inside the 150x210 image, not the 128x128 input.
+  boxes = got['detection_boxes'][0, :n]
+  assert boxes[:, [0, 2]].max() <= IMAGE_HW[0] and boxes[:, [1, 3]].max() <= IMAGE_HW[1]
+  assert boxes[:, 3].max() > INPUT  # Some box reaches past x = 128.
+  assert set(got['detection_classes'][0, :n]) <= set(SHAPES_IDS) | {-1}
+  assert (got['detection_classes'][0, n:] == -1).all()
+
+
+def test_saved_model_signatures_and_files(signatures, saved_model_dir):
+  sigs = signatures[1]
+  spec = sigs['serving_default'].structured_input_signature[1]['images']
+  assert spec.shape.as_list() == [1, None, None, 3] and spec.dtype == tf.uint8
+  batch = sigs['serving_batch'].structured_input_signature[1]['images']
+  assert batch.shape.as_list() == [2, INPUT, INPUT, 3]
+  images = np.stack([_image(2, (INPUT, INPUT)), _image(3, (INPUT, INPUT))])
+  together = sigs['serving_batch'](images=tf.constant(images))
+  for i in range(2):
+    alone = sigs['serving_default'](images=tf.constant(images[i:i + 1]))
+    np.testing.assert_allclose(together['detection_boxes'][i], alone['detection_boxes'][0],
+                               atol=1e-3)
+    np.testing.assert_array_equal(together['detection_classes'][i],
+                                  alone['detection_classes'][0])
+  names = set(os.listdir(saved_model_dir))
+  assert {'saved_model.pb', 'variables', 'params.yaml', 'detector.json'} <= names
+  leftovers = [n for n in os.listdir(os.path.dirname(saved_model_dir))
+               if atomic.TEMP_MARKER in n]
+  assert not leftovers
+
+
+# ----------------------------------------------------------------- TFLite
+def test_tflite_fp32_agrees_with_saved_model(signatures, fp32_tflite):
+  image = _image(4)
+  want = signatures[1]['serving_default'](images=tf.constant(image[None]))
+  detector = tflite.TFLiteDetector(fp32_tflite, num_threads=2)
+  assert detector.num_threads == 1  # LiteRT regular-NMS bug workaround.
+  got = detector(image)
+  assert got['num_detections'][0] >= TOP_K
+  np.testing.assert_allclose(got['detection_scores'][0, :TOP_K],
+                             want['detection_scores'][0, :TOP_K], atol=SCORE_ATOL)
+  np.testing.assert_array_equal(got['detection_classes'][0, :TOP_K],
+                                want['detection_classes'][0, :TOP_K])
+  np.testing.assert_allclose(got['detection_boxes'][0, :TOP_K],
+                             want['detection_boxes'][0, :TOP_K], atol=BOX_ATOL_PX)
+
+
+def test_tflite_file_is_a_complete_detector(fp32_tflite):
+  with open(fp32_tflite, 'rb') as f:
+    contents = f.read()
+  info = tflite.read_detector_metadata(fp32_tflite, contents)
+  assert info['dataset_ids'] == SHAPES_IDS and info['padded_size'] == [INPUT, INPUT]
+  assert info['quantization'] == 'fp32' and info['use_regular_nms']
+  interpreter = Interpreter(model_content=contents)
+  ops = {d['op_name'] for d in interpreter._get_ops_details()}  # pylint: disable=protected-access
+  assert tflite_postprocess.OP_NAME in ops and 'CONV_2D' in ops
+  detector = tflite.TFLiteDetector(fp32_tflite)
+  assert detector.input_dtype == np.float32
+
+
+def test_litert_regular_nms_thread_bug_is_still_there(fp32_tflite):
+  """Why TFLiteDetector drops to 1 thread: with 2 threads LiteRT never evaluates
+  class column 2. If this starts failing, LiteRT fixed it; relax safe_num_threads."""
+  with open(fp32_tflite, 'rb') as f:
+    contents = f.read()
+  pixels = serving_inputs.normalized_to_pixels(serving_inputs.prepare_image(
+      tf.constant(_image(4)), [INPUT, INPUT], 'fixed')[0])[None].numpy()
+  seen = {}
+  for threads in (1, 2):
+    out = Interpreter(model_content=contents,
+                      num_threads=threads).get_signature_runner()(images=pixels)
+    n = int(out['num_detections'][0])
+    seen[threads] = set(out['detection_classes'][0, :n].astype(int))
+  assert 2 in seen[1] and 2 not in seen[2]
+
+
+def test_safe_num_threads():
+  assert tflite.safe_num_threads(2, num_real_classes=6, use_regular_nms=True) == 1
+  assert tflite.safe_num_threads(6, num_real_classes=6, use_regular_nms=True) == 6
+  assert tflite.safe_num_threads(2, num_real_classes=6, use_regular_nms=False) == 2
+  with pytest.raises(ValueError, match='num_threads'):
+    tflite.safe_num_threads(0, 6, True)
+
+
+def test_int8_export_runs(setup, fp32_tflite):
+  s = setup
+  representative = tflite_convert.representative_images(s['task'], s['params'], 4)
+  assert len(representative) == 4 and representative[0].shape == (1, INPUT, INPUT, 3)
+  assert 0.0 <= min(r.min() for r in representative) < 5.0  # Pixels, not [-1, 1].
+  path = tflite_convert.export_tflite(s['params'], s['model'], s['category_map'],
+                                      str(s['out'] / 'int8.tflite'), 'int8',
+                                      representative=representative)
+  detector = tflite.TFLiteDetector(path)
+  assert detector.input_dtype == np.uint8 and detector.info['quantization'] == 'int8'
+  interpreter = Interpreter(model_path=path)
+  kinds = {d['dtype'] for d in interpreter.get_tensor_details()}
+  assert np.int8 in kinds  # Quantized conv body.
+  out = detector(_image(5))
+  n = int(out['num_detections'][0])
+  assert 0 < n <= 100 and out['detection_boxes'].shape == (1, 100, 4)
+  assert set(out['detection_classes'][0, :n]) <= set(SHAPES_IDS) | {-1}
+  assert np.all(np.diff(out['detection_scores'][0, :n]) <= 0)
+  assert os.path.getsize(path) < 0.5 * os.path.getsize(fp32_tflite)
+
+
+# ----------------------------------------------------------------- bad input
+def test_int8_without_representative_data_raises(setup, tmp_path):
+  s = setup
+  with pytest.raises(ValueError, match='representative'):
+    tflite_convert.export_tflite(s['params'], s['model'], s['category_map'],
+                                 str(tmp_path / 'x.tflite'), 'int8')
+  with pytest.raises(ValueError, match='representative'):
+    tflite_convert.representative_images(s['task'], s['params'], 0)
+  assert not os.listdir(tmp_path)
+
+
+def _error_line(capsys):
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith('error: ')
+  return err[0]
+
+
+def test_missing_checkpoint_cli(setup, tmp_path, capsys):
+  output = tmp_path / 'sub' / 'sm'
+  rc = cli.main(['saved_model', '--experiment', EXPERIMENT, '--checkpoint',
+                 str(tmp_path / 'nope'), '--output', str(output)])
+  assert rc == evaluate.ERROR_EXIT_CODE
+  assert 'nope' in _error_line(capsys)
+  assert not os.listdir(tmp_path)
+
+
+def test_corrupt_checkpoint_cli_leaves_nothing(setup, tmp_path, capsys):
+  prefix = str(tmp_path / 'ckpt-1')
+  for suffix in ('.index', '.data-00000-of-00001'):
+    with open(setup['prefix'] + suffix, 'rb') as f:
+      data = f.read()
+    if suffix != '.index':
+      data = data[:len(data) // 2]  # Truncated variables file.
+    with open(prefix + suffix, 'wb') as f:
+      f.write(data)
+  output = tmp_path / 'out' / 'model.tflite'
+  rc = cli.main(['tflite', '--experiment', EXPERIMENT, '--checkpoint', prefix,
+                 '--params_override', setup['override'], '--output', str(output)])
+  assert rc == evaluate.ERROR_EXIT_CODE
+  assert 'ckpt-1' in _error_line(capsys)
+  assert sorted(os.listdir(tmp_path)) == ['ckpt-1.data-00000-of-00001', 'ckpt-1.index']
+
+
+def test_garbage_checkpoint_index_raises(setup, tmp_path):
+  prefix = str(tmp_path / 'ckpt-1')
+  with open(prefix + '.index', 'wb') as f:
+    f.write(b'not a checkpoint index' * 10)
+  with pytest.raises(ValueError, match='ckpt-1'):
+    loader.restore_checkpoint(setup['model'], prefix)
+
+
+def test_existing_output_needs_overwrite(setup, saved_model_dir):
+  with pytest.raises(ValueError, match='--overwrite'):
+    atomic.check_output(saved_model_dir, overwrite=False)
+
+
+def test_atomic_output_all_or_nothing(tmp_path):
+  output = tmp_path / 'a' / 'b' / 'model.tflite'
+  with pytest.raises(RuntimeError, match='verification'):
+    with atomic.atomic_output(str(output), is_dir=False) as temp:
+      with open(temp, 'wb') as f:
+        f.write(b'partial')
+      raise RuntimeError('verification failed')
+  assert not os.listdir(tmp_path)  # Neither the file, the temp file nor a/b/.
+  folder = tmp_path / 'sm'
+  with atomic.atomic_output(str(folder), is_dir=True) as temp:
+    with open(os.path.join(temp, 'x'), 'w', encoding='utf-8') as f:
+      f.write('done')
+  assert os.listdir(tmp_path) == ['sm'] and (folder / 'x').read_text() == 'done'
+  assert os.stat(folder).st_mode & 0o055  # Not mkdtemp's private 0o700.
+
+
+def test_tflite_detector_rejects_other_files(tmp_path):
+  dense = tf_keras.Sequential([tf_keras.layers.Input([4]), tf_keras.layers.Dense(2)])
+  path = tmp_path / 'dense.tflite'
+  path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(dense).convert())
+  with pytest.raises(ValueError, match='dense.tflite.*not an mnv2_det detector'):
+    tflite.TFLiteDetector(str(path))
+  garbage = tmp_path / 'garbage.tflite'
+  garbage.write_bytes(b'\x00' * 64)
+  with pytest.raises(ValueError, match='garbage.tflite.*not a TFLite model'):
+    tflite.TFLiteDetector(str(garbage))
+  with pytest.raises(ValueError, match='missing.tflite.*does not exist'):
+    tflite.TFLiteDetector(str(tmp_path / 'missing.tflite'))
+
+
+def test_postprocess_op_attributes_golden():
+  config = tflite_postprocess.PostProcessConfig(
+      num_classes=6, max_detections=100, detections_per_class=100,
+      score_threshold=1e-8, iou_threshold=0.6)
+  text = config.implements_signature()
+  assert text.startswith('name: "TFLite_Detection_PostProcess"')
+  # '%f' would write 1e-8 as 0.000000: every score would pass the threshold.
+  assert 'key: "nms_score_threshold" value { f: 1e-08 }' in text
+  assert 'key: "num_classes" value { i: 6 }' in text  # Background excluded.
+  assert 'key: "h_scale" value { f: 5.0 }' in text
+  assert 'key: "use_regular_nms" value { b: true }' in text
+  # yxyx (0.1, 0.2, 0.5, 0.8) -> centre (0.3, 0.5), size (0.4, 0.6).
+  np.testing.assert_allclose(
+      tflite_postprocess.center_size_anchors(np.array([[0.1, 0.2, 0.5, 0.8]])),
+      [[0.3, 0.5, 0.4, 0.6]], atol=1e-7)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import tensorflow as tf
 import tf_keras
 import yaml
 
+from official.core import task_factory
 from official.core import train_utils
 
 from mnv2_det.data import shapes
@@ -49,7 +51,6 @@ def config_file(data, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def task_and_params(config_file):
-  from official.core import task_factory  # pylint: disable=g-import-not-at-top
   params = evaluate.build_params(EXPERIMENT, config_files=[config_file])
   return task_factory.get_task(params.task), params
 
@@ -228,3 +229,11 @@ def test_cli_errors_name_the_path(model_dir, tmp_path, capsys):
       ['--experiment', EXPERIMENT, '--checkpoint', model_dir, '--params_override',
        'task.model.backbone.mnv2_det.depth_multiplier=0.5'], capsys)
   assert os.path.join(model_dir, 'ckpt-0') in err and 'architecture' in err
+  damaged = str(tmp_path / 'damaged')
+  shutil.copytree(model_dir, damaged)
+  data_file = os.path.join(damaged, 'ckpt-0.data-00000-of-00001')
+  with open(data_file, 'r+b') as f:
+    f.truncate(os.path.getsize(data_file) // 2)
+  err = _run_cli_expecting_error(['--experiment', EXPERIMENT, '--checkpoint', damaged],
+                                 capsys)
+  assert os.path.join(damaged, 'ckpt-0') in err and 'cannot be read' in err

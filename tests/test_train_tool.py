@@ -52,6 +52,11 @@ def _train(model_dir, overrides, mode='train', wait=True):
   return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
+def _latest_step(model_dir):
+  latest = tf.train.latest_checkpoint(model_dir)
+  return int(latest.rsplit('-', 1)[1]) if latest else 0
+
+
 def _bn_values(checkpoint):
   reader = tf.train.load_checkpoint(checkpoint)
   names = [n for n in reader.get_variable_to_shape_map()
@@ -67,10 +72,18 @@ def _bn_layer_count_changed(checkpoint):
   return len(values), unchanged
 
 
-def test_every_bn_statistic_moves_in_the_checkpoint(tmp_path, data_dir):
-  result = _train(tmp_path / 'run', _overrides(data_dir, 4))
+@pytest.fixture(scope='module')
+def trained_dir(tmp_path_factory, data_dir):
+  """A model_dir after 4 training steps, and the training run's result."""
+  model_dir = tmp_path_factory.mktemp('trained') / 'run'
+  result = _train(model_dir, _overrides(data_dir, 4))
   assert result.returncode == 0, result.stderr[-3000:]
-  total, unchanged = _bn_layer_count_changed(tf.train.latest_checkpoint(tmp_path / 'run'))
+  return model_dir, result
+
+
+def test_every_bn_statistic_moves_in_the_checkpoint(trained_dir):
+  model_dir, result = trained_dir
+  total, unchanged = _bn_layer_count_changed(tf.train.latest_checkpoint(model_dir))
   # backbone 52 BN + 4 extra layers x 3 + 6 levels x 2 head branches = 76 layers.
   assert total == 2 * 76
   assert unchanged == []
@@ -84,10 +97,9 @@ def test_frozen_bn_statistics_stay_at_init(tmp_path, data_dir):
   assert total == 2 * 76 and len(unchanged) == total
 
 
-def test_foreign_model_dir_is_refused(tmp_path, data_dir):
-  model_dir = tmp_path / 'run'
-  assert _train(model_dir, _overrides(data_dir, 2)).returncode == 0
-  other = _train(model_dir, _overrides(data_dir, 4, 'task.model.num_classes=9'))
+def test_foreign_model_dir_is_refused(trained_dir, data_dir):
+  model_dir, _ = trained_dir
+  other = _train(model_dir, _overrides(data_dir, 8, 'task.model.num_classes=9'))
   assert other.returncode == 2
   assert 'holds a checkpoint of a different model' in other.stderr
   assert 'task.model.num_classes was 7, now 9' in other.stderr
@@ -116,22 +128,21 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):
         assert np.all(np.isfinite(value)), name
 
 
-def test_resume_after_kill_9(tmp_path, data_dir):
-  model_dir = tmp_path / 'resume'
+def test_resume_after_kill_9(trained_dir, data_dir):
+  model_dir, _ = trained_dir
   overrides = _overrides(data_dir, 400)
   proc = _train(model_dir, overrides, wait=False)
   deadline = time.time() + 300
-  while time.time() < deadline and not (model_dir / 'checkpoint').exists():
+  while time.time() < deadline and _latest_step(model_dir) < 8:
     time.sleep(0.5)
-  time.sleep(3)
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
-  killed_at = int(tf.train.latest_checkpoint(model_dir).rsplit('-', 1)[1])
-  assert 0 < killed_at < 400
+  killed_at = _latest_step(model_dir)
+  assert 8 <= killed_at < 400
   final_steps = killed_at + 4
   result = _train(model_dir, overrides.replace('trainer.train_steps=400',
                                                f'trainer.train_steps={final_steps}'))
   assert result.returncode == 0, result.stderr[-3000:]
-  assert int(tf.train.latest_checkpoint(model_dir).rsplit('-', 1)[1]) == final_steps
+  assert _latest_step(model_dir) == final_steps
   # The step counter continued from the checkpoint instead of starting at 0.
   assert f'step {killed_at + 2}/{final_steps}' in result.stdout

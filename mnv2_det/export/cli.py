@@ -10,6 +10,12 @@ Common flags: --config_file (repeatable), --params_override k=v,..., --best (wit
 model_dir: best_ckpt/), --overwrite. --checkpoint is a prefix (runs/shapes/ckpt-1500)
 or a model_dir (latest checkpoint and its params.yaml). Errors print one
 `error: ...` line and exit with code 2; nothing is left at --output.
+
+TFLite notes: the model input is [1, H, W, 3] at the config input size (resize outside,
+see mnv2_det/export/tflite.py); with the config's score threshold 1e-8 regular NMS is
+slow for many classes (raise task.model.detection_generator.score_threshold, or
+--fast_nms); LiteRT's regular NMS is wrong with 1 < threads < classes
+(TFLiteDetector runs such models single-threaded).
 """
 
 import argparse

@@ -33,6 +33,9 @@ import tensorflow as tf
 from mnv2_det.ops import box_coder
 
 OP_NAME = 'TFLite_Detection_PostProcess'
+# The converter (TF 2.20) does not copy `detections_per_class` into the op's options
+# (measured: absent from the flexbuffer), so the kernel's default applies.
+KERNEL_DETECTIONS_PER_CLASS = 100
 # Regular NMS ignores this; fast NMS keeps the best class of each anchor only.
 MAX_CLASSES_PER_DETECTION = 1
 
@@ -44,7 +47,8 @@ class PostProcessConfig:
   Attributes:
     num_classes: real classes, WITHOUT background.
     max_detections: detections per image (output rows).
-    detections_per_class: per-class cap of regular NMS.
+    detections_per_class: per-class cap of regular NMS; the converted op uses
+      KERNEL_DETECTIONS_PER_CLASS whatever this says (`tflite_convert` warns).
     score_threshold: keep scores strictly above this.
     iou_threshold: NMS IoU threshold.
     use_regular_nms: per-class NMS (as the TF path) if true; else the op's "fast"

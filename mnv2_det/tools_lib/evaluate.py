@@ -32,6 +32,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 import tensorflow as tf
 import yaml
+from google.protobuf import message
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from official.core import exp_factory
@@ -261,6 +262,10 @@ CHECKPOINT_MODEL_KEY = 'model'  # Model Garden trainer: tf.train.Checkpoint(mode
 _OBJECT_GRAPH_KEY = '_CHECKPOINTABLE_OBJECT_GRAPH'
 _VARIABLE_ATTRIBUTE = 'VARIABLE_VALUE'
 ERROR_EXIT_CODE = 2
+# What reading a damaged checkpoint raises: a truncated .data file IndexError from the
+# reader, a garbage .index DataLossError (OpError), a damaged object graph DecodeError.
+_UNREADABLE_CHECKPOINT_ERRORS = (tf.errors.OpError, OSError, IndexError, EOFError,
+                                 message.DecodeError, UnicodeDecodeError)
 
 
 def resolve_checkpoint(path: str, best: bool = False) -> Tuple[str, Optional[str]]:
@@ -362,8 +367,17 @@ def restore_model(model, prefix: str) -> None:
 
   Raises ValueError naming `prefix` when the checkpoint holds a different
   architecture (a variable missing, extra or of another shape), checked before
-  reading so nothing is half-restored.
+  reading so nothing is half-restored, or when its files cannot be read.
   """
+  try:
+    _restore_model(model, prefix)
+  except _UNREADABLE_CHECKPOINT_ERRORS as e:
+    first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise ValueError(f'checkpoint {prefix} cannot be read (corrupt or truncated?): '
+                     f'{first_line}') from e
+
+
+def _restore_model(model, prefix: str) -> None:
   keys = model_variable_keys(prefix)
   shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
   live = model_variable_paths(model)

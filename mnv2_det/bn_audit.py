@@ -163,9 +163,7 @@ def _forward(model, training: bool, eager: bool):
   """A fresh tf.function (or eager fn) images -> raw outputs (SSDLiteModel: no NMS)."""
   if all(hasattr(model, a) for a in ('backbone', 'feature_maps', 'head')):
     def forward(images):
-      endpoints = model.backbone(images, training=training)
-      return model.head(model.feature_maps(endpoints, training=training),
-                        training=training)
+      return model.raw_outputs(images, training=training)
   else:
     def forward(images):
       return model(images, training=training)

@@ -1,6 +1,7 @@
 """Builders: the only place that turns SSDLite configs into layers."""
 
 import numpy as np
+import tensorflow as tf
 import tf_keras
 
 from official.vision.modeling.backbones import factory as backbone_factory
@@ -79,7 +80,8 @@ def build_ssdlite_model(model_config: ssdlite_cfg.SSDLite, input_specs=None) -> 
           pre_nms_top_k=gen.pre_nms_top_k),
       name='ssdlite_mnv2')
   batch = input_specs.shape[0] or 1
-  model(tf_keras.backend.zeros([batch] + list(model_config.input_size)), training=False)
+  # A tensor (not a Variable) so the Keras save spec stays a TensorSpec.
+  model(tf.zeros([batch] + list(model_config.input_size)), training=False)
   if model_config.freeze_batchnorm:
     for layer in _all_layers(model):
       if isinstance(layer, tf_keras.layers.BatchNormalization):

@@ -46,10 +46,14 @@ class SSDLiteModel(tf_keras.Model):
     multiple = self.backbone.get_config()['pad_to_multiple']
     return tuple(-(-s // multiple) * multiple for s in self._input_size)
 
-  def call(self, images, image_info=None, training=None):
+  def raw_outputs(self, images, training=None):
+    """`(cls_outputs, box_outputs)` per-level dicts, without post-processing."""
     endpoints = self.backbone(images, training=training)
     features = self.feature_maps(endpoints, training=training)
-    cls_outputs, box_outputs = self.head(features, training=training)
+    return self.head(features, training=training)
+
+  def call(self, images, image_info=None, training=None):
+    cls_outputs, box_outputs = self.raw_outputs(images, training=training)
     outputs = {'cls_outputs': cls_outputs, 'box_outputs': box_outputs}
     if training:
       return outputs

@@ -14,6 +14,7 @@ import tf_keras
 from official.core import base_task
 from official.core import task_factory
 from official.vision.evaluation import coco_evaluator
+from official.vision.utils.object_detection import visualization_utils
 
 from mnv2_det.configs import ssdlite as ssdlite_cfg
 from mnv2_det.data import input_pipeline
@@ -22,6 +23,7 @@ from mnv2_det.ops import anchors as anchor_ops
 from mnv2_det.ops import losses as loss_ops
 from mnv2_det.ops import matching
 
+VISUALIZED_IMAGES = 4  # eval images drawn with their detections in TensorBoard
 LOSS_KEYS = ('total_loss', 'cls_loss', 'box_loss', 'regularization_loss', 'num_positives')
 
 
@@ -187,7 +189,19 @@ class SSDLiteTask(base_task.Task):
         'num_detections': outputs['num_detections'],
     }
     logs[self.coco_metric.name] = (labels['groundtruths'], predictions)
+    if self.task_config.allow_image_summary:
+      logs['visualization'] = (images[:VISUALIZED_IMAGES], self._input_frame_detections(
+          outputs, labels['image_info']))
     return logs
+
+  def _input_frame_detections(self, outputs, image_info):
+    """Detections of the first images in the network-input pixel frame, for drawing."""
+    scale = tf.tile(image_info[:VISUALIZED_IMAGES, 2:3, :], [1, 1, 2])  # [b, 1, 4] yxyx
+    offset = tf.tile(image_info[:VISUALIZED_IMAGES, 3:4, :], [1, 1, 2])
+    boxes = outputs['detection_boxes'][:VISUALIZED_IMAGES] * scale - offset
+    return {'detection_boxes': boxes,
+            'detection_scores': outputs['detection_scores'][:VISUALIZED_IMAGES],
+            'detection_classes': outputs['detection_classes'][:VISUALIZED_IMAGES]}
 
   def _logs(self, losses, metrics):
     logs = {self.loss: losses['total_loss']}
@@ -198,9 +212,18 @@ class SSDLiteTask(base_task.Task):
   def aggregate_logs(self, state=None, step_outputs=None):
     if state is None:
       self.coco_metric.reset_states()
+      state = {}
     self.coco_metric.update_state(step_outputs[self.coco_metric.name][0],
                                   step_outputs[self.coco_metric.name][1])
-    return True
+    if 'visualization' in step_outputs and 'image' not in state:
+      state.update(visualization_utils.update_detection_state(step_outputs))
+    return state
 
   def reduce_aggregated_logs(self, aggregated_logs, global_step=None):
-    return self.coco_metric.result()
+    logs = dict(self.coco_metric.result())
+    if isinstance(aggregated_logs, dict) and 'image' in aggregated_logs:
+      # Images are (2/255)x - 1: undo with mean = std = 127.5.
+      logs.update(visualization_utils.visualize_outputs(
+          logs=aggregated_logs, task_config=self.task_config,
+          image_mean=[127.5] * 3, image_std=[127.5] * 3))
+    return logs

@@ -15,10 +15,7 @@ CONV_OPS = ('Conv2D', 'DepthwiseConv2dNative')
 
 def raw_forward(model):
   """images -> (cls_outputs, box_outputs) of an SSDLiteModel, BN in inference mode."""
-  def forward(images):
-    endpoints = model.backbone(images, training=False)
-    return model.head(model.feature_maps(endpoints, training=False), training=False)
-  return forward
+  return lambda images: model.raw_outputs(images, training=False)
 
 
 def count_madds(fn, input_shape) -> Dict[str, int]:

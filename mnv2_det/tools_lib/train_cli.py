@@ -28,6 +28,7 @@ from official.core import task_factory
 from official.core import train_lib
 from official.core import train_utils
 from official.modeling import performance
+from official.vision.utils import summary_manager
 
 import mnv2_det  # pylint: disable=unused-import  # registers backbone, task, experiments
 
@@ -185,7 +186,10 @@ def run_experiment(params, model_dir: str, mode: str):
                      ProgressAction(trainer, params, model_dir)]
   return train_lib.run_experiment(
       distribution_strategy=strategy, task=task, mode=mode, params=params,
-      model_dir=model_dir, trainer=trainer, train_actions=train_actions)
+      model_dir=model_dir, trainer=trainer, train_actions=train_actions,
+      # Writes the eval images with drawn detections when task.allow_image_summary.
+      eval_summary_manager=summary_manager.maybe_build_eval_summary_manager(
+          params=params, model_dir=model_dir))
 
 
 def run(flag_values) -> int:

@@ -1,0 +1,314 @@
+"""tools/predict.py: checkpoint / SavedModel / TFLite -> COCO results + drawings.
+
+One tiny detector (128x128 input, depth multiplier 0.35, deterministic weights with
+spread-out class scores, as in tests/test_export.py) saved with
+tf.train.Checkpoint(model=...) like the Model Garden trainer. Its detections through
+tools/predict.py are compared with the in-process model (eval preprocessing + model
+call), so a wrong box order (yxyx vs xywh), a wrong class id (contiguous vs dataset)
+or a wrong image scale fails the test.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+from pycocotools.coco import COCO
+
+from official.core import task_factory
+
+from mnv2_det.data import shapes
+from mnv2_det.export import saved_model
+from mnv2_det.export import serving_inputs
+from mnv2_det.export import tflite_convert
+from mnv2_det.tools_lib import evaluate
+from mnv2_det.tools_lib import predict
+
+EXPERIMENT = 'ssdlite_mnv2_shapes'
+INPUT = 128
+NUM_CLASSES = 7  # shapes experiment: background + 5 categories + 1 spare slot
+SHAPES_IDS = (1, 3, 7, 9, 12)
+SHAPES_NAMES = {1: 'circle', 3: 'square', 7: 'triangle', 9: 'cross', 12: 'star'}
+BOX_ATOL_PX = 0.05
+SCORE_ATOL = 1e-5
+UINT16_PER_UINT8 = 257  # 65535 / 255: 16-bit value of an 8-bit grey level.
+GOOD_NAMES = ('val_000000.jpg', 'val_000001.jpg', 'gray.png', 'gray_rgb.png',
+              'gray16.png', 'rgba.png')
+BAD_NAMES = ('corrupt.jpg', 'empty.png', 'notes.png')
+
+
+def _set_weights(model, seed=0):
+  """Deterministic weights: O(1) activations, class scores spread over ~0.5-0.7."""
+  rng = np.random.default_rng(seed)
+  for v in model.variables:
+    name, shape = v.name, v.shape.as_list()
+    if 'moving_variance' in name or 'gamma' in name:
+      value = np.ones(shape)
+    elif 'moving_mean' in name or 'beta' in name:
+      value = np.zeros(shape)
+    elif name.endswith('bias:0'):
+      value = np.zeros(shape)
+      if 'class' in name:  # Anchor-major channels: background -6, classes ~ -2.
+        value = rng.uniform(-2.5, -1.5, shape)
+        value[::NUM_CLASSES] = -6.0
+    else:
+      fan_in = np.prod(shape[:2]) if 'depthwise' in name else np.prod(shape[:-1])
+      std = np.sqrt(2.0 / fan_in) * (0.3 if 'predictor' in name else 1.0)
+      value = rng.normal(0.0, std, shape)
+    v.assign(value.astype(np.float32))
+
+
+def _overrides(data_dir):
+  return ','.join([
+      f'task.train_data.annotation_file={data_dir}/annotations/instances_train.json',
+      f'task.train_data.image_dir={data_dir}/train',
+      f'task.validation_data.annotation_file={data_dir}/annotations/instances_val.json',
+      f'task.validation_data.image_dir={data_dir}/val',
+      f'task.model.input_size=[{INPUT},{INPUT},3]',
+      'task.model.backbone.mnv2_det.depth_multiplier=0.35',
+  ])
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp('shapes'))
+  shapes.generate(data_dir, num_train=4, num_val=2, seed=5)
+  override = _overrides(data_dir)
+  params = evaluate.build_params(EXPERIMENT, params_override=override)
+  task = task_factory.get_task(params.task)
+  model = task.build_model()
+  _set_weights(model)
+  prefix = tf.train.Checkpoint(model=model).write(
+      str(tmp_path_factory.mktemp('ckpt') / 'ckpt-1'))
+  images = tmp_path_factory.mktemp('images')
+  rgb = {}
+  for name in GOOD_NAMES[:2]:
+    rgb[name] = np.array(Image.open(os.path.join(data_dir, 'val', name)).convert('RGB'))
+    Image.fromarray(rgb[name]).save(images / name, quality=95)
+    rgb[name] = np.array(Image.open(images / name).convert('RGB'))  # As decoded.
+  gray = rgb['val_000000.jpg'].mean(-1).round().astype(np.uint8)
+  Image.fromarray(gray).save(images / 'gray.png')
+  Image.fromarray(np.dstack([gray] * 3)).save(images / 'gray_rgb.png')
+  Image.fromarray(gray.astype(np.uint16) * UINT16_PER_UINT8).save(images / 'gray16.png')
+  alpha = np.full(rgb['val_000001.jpg'].shape[:2], 90, np.uint8)  # Ignored, not blended.
+  Image.fromarray(np.dstack([rgb['val_000001.jpg'], alpha]), 'RGBA').save(
+      images / 'rgba.png')
+  with open(os.path.join(data_dir, 'val', 'val_000000.jpg'), 'rb') as f:
+    (images / 'corrupt.jpg').write_bytes(f.read()[:400])  # Cut-off JPEG.
+  (images / 'empty.png').write_bytes(b'')
+  (images / 'notes.png').write_text('not an image')
+  return dict(params=params, model=model, prefix=prefix, override=override,
+              category_map=task.category_map, images=images, rgb=rgb,
+              out=tmp_path_factory.mktemp('out'))
+
+
+def _reference(setup, image):
+  """In-process detections: eval preprocessing + model; dataset ids, score order."""
+  prepared, info = serving_inputs.prepare_image(tf.constant(image), [INPUT, INPUT],
+                                                'fixed')
+  out = setup['model'](prepared[None], image_info=info[None], training=False)
+  n = int(out['num_detections'][0])
+  classes = setup['category_map'].tf_to_dataset(out['detection_classes']).numpy()[0, :n]
+  return (out['detection_boxes'].numpy()[0, :n], classes,
+          out['detection_scores'].numpy()[0, :n])
+
+
+def _run(setup, model, out_name, inputs, extra=()):
+  out = str(setup['out'] / out_name)
+  rc = predict.main(['--model', model, '--output', out, '--score_threshold', '0'] +
+                    list(extra) + [str(i) for i in inputs])
+  return rc, out
+
+
+def _load(out):
+  with open(os.path.join(out, predict.IMAGES_FILE), encoding='utf-8') as f:
+    images = json.load(f)
+  with open(os.path.join(out, predict.DETECTIONS_FILE), encoding='utf-8') as f:
+    results = json.load(f)
+  with open(os.path.join(out, predict.CATEGORIES_FILE), encoding='utf-8') as f:
+    categories = json.load(f)
+  return images, results, categories
+
+
+def _by_file(images, results):
+  """{file basename: [results of that image]}."""
+  names = {im['id']: os.path.basename(im['file_name']) for im in images}
+  grouped = {name: [] for name in names.values()}
+  for r in results:
+    grouped[names[r['image_id']]].append(r)
+  return grouped
+
+
+@pytest.fixture(scope='module')
+def checkpoint_run(setup):
+  """Folder input (all good + bad files) through the checkpoint path."""
+  rc, out = _run(setup, setup['prefix'], 'ckpt', [setup['images']],
+                 ['--experiment', EXPERIMENT, '--params_override', setup['override']])
+  return rc, out
+
+
+def test_checkpoint_results_load_in_pycocotools(setup, checkpoint_run):
+  rc, out = checkpoint_run
+  assert rc == 0
+  images, results, categories = _load(out)
+  assert [os.path.basename(im['file_name']) for im in images] == sorted(GOOD_NAMES)
+  assert [im['id'] for im in images] == list(range(1, len(GOOD_NAMES) + 1))
+  assert {c['id']: c['name'] for c in categories} == SHAPES_NAMES
+  groundtruth = COCO()
+  groundtruth.dataset = {'images': images, 'categories': categories, 'annotations': []}
+  groundtruth.createIndex()
+  loaded = groundtruth.loadRes(results)  # Asserts every image_id is known.
+  assert len(loaded.getAnnIds()) == len(results) > 0
+  assert {r['category_id'] for r in results} <= set(SHAPES_IDS)  # Dataset ids.
+  for im in images:
+    drawing = Image.open(os.path.join(out, im['drawing']))
+    assert drawing.format == 'PNG' and drawing.size == (im['width'], im['height'])
+    assert im['drawing'] == os.path.splitext(os.path.basename(im['file_name']))[0] + '.png'
+
+
+def test_checkpoint_detections_equal_in_process_model(setup, checkpoint_run):
+  images, results, _ = _load(checkpoint_run[1])
+  grouped = _by_file(images, results)
+  for name, image in setup['rgb'].items():
+    boxes, classes, scores = _reference(setup, image)
+    got = grouped[name]
+    assert len(got) == len(scores) > 0  # Threshold 0 keeps every valid detection.
+    want_xywh = np.stack([boxes[:, 1], boxes[:, 0], boxes[:, 3] - boxes[:, 1],
+                          boxes[:, 2] - boxes[:, 0]], -1)
+    np.testing.assert_allclose([r['bbox'] for r in got], want_xywh, atol=BOX_ATOL_PX)
+    np.testing.assert_allclose([r['score'] for r in got], scores, atol=SCORE_ATOL)
+    np.testing.assert_array_equal([r['category_id'] for r in got], classes)
+    # Original pixels: some box reaches past the 128-pixel network input.
+    assert max(x + w for x, _, w, _ in want_xywh) > INPUT
+
+
+def test_gray_rgba_and_16_bit_inputs(checkpoint_run):
+  """gray / 16-bit gray / gray tiled to RGB decode to the same pixels -> same boxes;
+  RGBA drops alpha -> same boxes as the RGB JPEG it was made from."""
+  grouped = _by_file(*_load(checkpoint_run[1])[:2])
+  same = [('gray.png', 'gray_rgb.png'), ('gray16.png', 'gray_rgb.png'),
+          ('rgba.png', 'val_000001.jpg')]
+  for a, b in same:
+    assert len(grouped[a]) == len(grouped[b]) > 0, (a, b)
+    np.testing.assert_allclose([r['bbox'] for r in grouped[a]],
+                               [r['bbox'] for r in grouped[b]], atol=1e-3)
+
+
+def test_bad_images_reported_by_name_and_skipped(setup, checkpoint_run, capsys):
+  rc, out = _run(setup, setup['prefix'], 'mixed',
+                 [setup['images'] / 'val_000000.jpg', setup['images'] / 'corrupt.jpg',
+                  setup['images'] / 'empty.png', setup['images'] / 'notes.png',
+                  setup['images'] / 'missing.jpg'],
+                 ['--experiment', EXPERIMENT, '--params_override', setup['override']])
+  captured = capsys.readouterr()
+  assert rc == 0
+  for name in BAD_NAMES + ('missing.jpg',):
+    assert f'{name}: ' in captured.err, name
+  assert 'file is empty' in captured.err
+  images, results, _ = _load(out)
+  assert [os.path.basename(im['file_name']) for im in images] == ['val_000000.jpg']
+  assert sorted(os.listdir(out)) == sorted(
+      [predict.CATEGORIES_FILE, predict.DETECTIONS_FILE, predict.IMAGES_FILE,
+       'val_000000.png'])
+  last = captured.out.strip().splitlines()[-1]
+  assert last == f'1 images, {len(results)} detections, 4 skipped'
+
+
+def test_score_threshold_filters(setup, checkpoint_run):
+  _, all_results, _ = _load(checkpoint_run[1])
+  threshold = float(np.median([r['score'] for r in all_results]))
+  rc, out = _run(setup, setup['prefix'], 'thresh', [setup['images']],
+                 ['--experiment', EXPERIMENT, '--params_override', setup['override'],
+                  '--score_threshold', str(threshold)])
+  assert rc == 0
+  _, results, _ = _load(out)
+  assert results == [r for r in all_results if r['score'] >= threshold]
+
+
+def _error(capsys):
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err and err[-1].startswith('error: ')
+  return err[-1]
+
+
+def test_unknown_model_format_exit_2(setup, tmp_path, capsys):
+  junk = tmp_path / 'model.bin'
+  junk.write_bytes(b'\x00' * 64)
+  rc, _ = _run(setup, str(junk), 'junk', [setup['images']])
+  assert rc == evaluate.ERROR_EXIT_CODE
+  line = _error(capsys)
+  assert str(junk) in line and 'unknown model format' in line
+  folder = tmp_path / 'empty_dir'
+  folder.mkdir()
+  assert _run(setup, str(folder), 'junk', [setup['images']])[0] == 2
+  assert str(folder) in _error(capsys)
+  assert _run(setup, str(tmp_path / 'nope'), 'junk', [setup['images']])[0] == 2
+  assert 'does not exist' in _error(capsys)
+  # A checkpoint needs --experiment.
+  assert _run(setup, setup['prefix'], 'junk', [setup['images']])[0] == 2
+  assert '--experiment' in _error(capsys)
+
+
+def test_no_readable_image_exit_2(setup, capsys):
+  rc, _ = _run(setup, setup['prefix'], 'none',
+               [setup['images'] / 'corrupt.jpg', setup['images'] / 'empty.png'],
+               ['--experiment', EXPERIMENT, '--params_override', setup['override']])
+  assert rc == 2
+  assert 'could be read' in _error(capsys)
+
+
+def test_saved_model_and_tflite_match_checkpoint(setup, checkpoint_run):
+  """The SavedModel runs the same serving function: same results. TFLite (its own
+  NMS op) agrees on the top detections."""
+  s = setup
+  sm_dir = saved_model.export_saved_model(s['params'], s['model'], s['category_map'],
+                                          str(s['out'] / 'sm'))
+  rc, out = _run(s, sm_dir, 'sm_out', [s['images'] / n for n in sorted(GOOD_NAMES)])
+  assert rc == 0
+  want_images, want, _ = _load(checkpoint_run[1])
+  got_images, got, categories = _load(out)
+  assert got_images == want_images
+  assert {c['id']: c['name'] for c in categories} == SHAPES_NAMES  # detector.json
+  assert [r['category_id'] for r in got] == [r['category_id'] for r in want]
+  np.testing.assert_allclose([r['bbox'] for r in got], [r['bbox'] for r in want],
+                             atol=1e-3)
+
+  path = tflite_convert.export_tflite(s['params'], s['model'], s['category_map'],
+                                      str(s['out'] / 'm.tflite'), 'fp32')
+  rc, out = _run(s, path, 'tfl_out', [s['images'] / 'val_000000.jpg'])
+  assert rc == 0
+  _, got, categories = _load(out)
+  assert {c['id']: c['name'] for c in categories} == SHAPES_NAMES  # metadata
+  top = _by_file(want_images, want)['val_000000.jpg'][0]
+  assert got[0]['category_id'] == top['category_id']
+  np.testing.assert_allclose(got[0]['bbox'], top['bbox'], atol=0.5)
+  np.testing.assert_allclose(got[0]['score'], top['score'], atol=1e-3)
+
+
+def test_expand_inputs(tmp_path):
+  (tmp_path / 'a.JPG').write_bytes(b'x')
+  (tmp_path / 'b.png').write_bytes(b'x')
+  (tmp_path / 'readme.txt').write_text('x')
+  (tmp_path / 'sub').mkdir()
+  (tmp_path / 'sub' / 'c.jpg').write_bytes(b'x')
+  paths, problems = predict.expand_inputs(
+      [str(tmp_path), str(tmp_path / 'b.png'), str(tmp_path / '**' / '*.jpg'),
+       str(tmp_path / 'readme.txt'), str(tmp_path / '*.gif'), str(tmp_path / 'no.jpg')])
+  # Folder: image suffixes only, not recursive; duplicates dropped; an explicit file
+  # is taken whatever its suffix (it is reported later if unreadable).
+  assert [os.path.relpath(p, tmp_path) for p in paths] == [
+      'a.JPG', 'b.png', os.path.join('sub', 'c.jpg'), 'readme.txt']
+  assert [(os.path.basename(i), r) for i, r in problems] == [
+      ('*.gif', 'pattern matches no file'), ('no.jpg', 'file not found')]
+
+
+def test_drawing_names_and_coco_boxes():
+  used = set()
+  assert [predict._drawing_name(p, used) for p in  # pylint: disable=protected-access
+          ('a/x.jpg', 'b/x.png', 'c/X.bmp', 'y.jpeg')] == [
+              'x.png', 'x_1.png', 'X_2.png', 'y.png']
+  # yxyx [10, 20, 40, 80] -> xywh [20, 10, 60, 30].
+  assert predict.coco_results(3, [[10, 20, 40, 80]], [7], [0.5]) == [
+      {'image_id': 3, 'category_id': 7, 'bbox': [20.0, 10.0, 60.0, 30.0], 'score': 0.5}]

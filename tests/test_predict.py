@@ -19,7 +19,9 @@ from pycocotools.coco import COCO
 
 from official.core import task_factory
 
+from mnv2_det.data import preprocess
 from mnv2_det.data import shapes
+from mnv2_det.data.category_map import UNKNOWN
 from mnv2_det.export import saved_model
 from mnv2_det.export import serving_inputs
 from mnv2_det.export import tflite_convert
@@ -35,7 +37,7 @@ BOX_ATOL_PX = 0.05
 SCORE_ATOL = 1e-5
 UINT16_PER_UINT8 = 257  # 65535 / 255: 16-bit value of an 8-bit grey level.
 GOOD_NAMES = ('val_000000.jpg', 'val_000001.jpg', 'gray.png', 'gray_rgb.png',
-              'gray16.png', 'rgba.png')
+              'gray16.png', 'rgb.png', 'rgba.png')
 BAD_NAMES = ('corrupt.jpg', 'empty.png', 'notes.png')
 
 
@@ -83,18 +85,20 @@ def setup(tmp_path_factory):
   prefix = tf.train.Checkpoint(model=model).write(
       str(tmp_path_factory.mktemp('ckpt') / 'ckpt-1'))
   images = tmp_path_factory.mktemp('images')
-  rgb = {}
+  rgb = {}  # Pixels as the tool decodes them (TF's JPEG decoder, not Pillow's).
   for name in GOOD_NAMES[:2]:
-    rgb[name] = np.array(Image.open(os.path.join(data_dir, 'val', name)).convert('RGB'))
-    Image.fromarray(rgb[name]).save(images / name, quality=95)
-    rgb[name] = np.array(Image.open(images / name).convert('RGB'))  # As decoded.
+    with open(os.path.join(data_dir, 'val', name), 'rb') as f:
+      contents = f.read()
+    (images / name).write_bytes(contents)
+    rgb[name] = preprocess.decode_image_rgb(tf.constant(contents)).numpy()
   gray = rgb['val_000000.jpg'].mean(-1).round().astype(np.uint8)
   Image.fromarray(gray).save(images / 'gray.png')
   Image.fromarray(np.dstack([gray] * 3)).save(images / 'gray_rgb.png')
   Image.fromarray(gray.astype(np.uint16) * UINT16_PER_UINT8).save(images / 'gray16.png')
-  alpha = np.full(rgb['val_000001.jpg'].shape[:2], 90, np.uint8)  # Ignored, not blended.
-  Image.fromarray(np.dstack([rgb['val_000001.jpg'], alpha]), 'RGBA').save(
-      images / 'rgba.png')
+  color = rgb['val_000001.jpg']
+  Image.fromarray(color).save(images / 'rgb.png')
+  alpha = np.full(color.shape[:2], 90, np.uint8)  # Must be dropped, not blended.
+  Image.fromarray(np.dstack([color, alpha]), 'RGBA').save(images / 'rgba.png')
   with open(os.path.join(data_dir, 'val', 'val_000000.jpg'), 'rb') as f:
     (images / 'corrupt.jpg').write_bytes(f.read()[:400])  # Cut-off JPEG.
   (images / 'empty.png').write_bytes(b'')
@@ -105,14 +109,19 @@ def setup(tmp_path_factory):
 
 
 def _reference(setup, image):
-  """In-process detections: eval preprocessing + model; dataset ids, score order."""
+  """In-process detections: eval preprocessing + model; dataset ids, score order.
+
+  Detections of the spare class slot (contiguous 6, no dataset id) are dropped, as
+  the tool (and COCO results) must.
+  """
   prepared, info = serving_inputs.prepare_image(tf.constant(image), [INPUT, INPUT],
                                                 'fixed')
   out = setup['model'](prepared[None], image_info=info[None], training=False)
   n = int(out['num_detections'][0])
   classes = setup['category_map'].tf_to_dataset(out['detection_classes']).numpy()[0, :n]
-  return (out['detection_boxes'].numpy()[0, :n], classes,
-          out['detection_scores'].numpy()[0, :n])
+  keep = classes != UNKNOWN
+  return (out['detection_boxes'].numpy()[0, :n][keep], classes[keep],
+          out['detection_scores'].numpy()[0, :n][keep])
 
 
 def _run(setup, model, out_name, inputs, extra=()):
@@ -186,22 +195,28 @@ def test_checkpoint_detections_equal_in_process_model(setup, checkpoint_run):
 
 def test_gray_rgba_and_16_bit_inputs(checkpoint_run):
   """gray / 16-bit gray / gray tiled to RGB decode to the same pixels -> same boxes;
-  RGBA drops alpha -> same boxes as the RGB JPEG it was made from."""
+  RGBA drops alpha -> same boxes as the RGB PNG of the same pixels."""
   grouped = _by_file(*_load(checkpoint_run[1])[:2])
   same = [('gray.png', 'gray_rgb.png'), ('gray16.png', 'gray_rgb.png'),
-          ('rgba.png', 'val_000001.jpg')]
+          ('rgba.png', 'rgb.png')]
   for a, b in same:
     assert len(grouped[a]) == len(grouped[b]) > 0, (a, b)
     np.testing.assert_allclose([r['bbox'] for r in grouped[a]],
                                [r['bbox'] for r in grouped[b]], atol=1e-3)
 
 
-def test_bad_images_reported_by_name_and_skipped(setup, checkpoint_run, capsys):
+def test_bad_images_skipped_and_score_threshold(setup, checkpoint_run, capsys):
+  """Unreadable / missing inputs are named on stderr and skipped; the rest is
+  processed with --score_threshold applied to the JSON."""
+  images, all_results, _ = _load(checkpoint_run[1])
+  want = _by_file(images, all_results)['val_000000.jpg']
+  threshold = float(np.median([r['score'] for r in want]))
   rc, out = _run(setup, setup['prefix'], 'mixed',
                  [setup['images'] / 'val_000000.jpg', setup['images'] / 'corrupt.jpg',
                   setup['images'] / 'empty.png', setup['images'] / 'notes.png',
                   setup['images'] / 'missing.jpg'],
-                 ['--experiment', EXPERIMENT, '--params_override', setup['override']])
+                 ['--experiment', EXPERIMENT, '--params_override', setup['override'],
+                  '--score_threshold', str(threshold)])
   captured = capsys.readouterr()
   assert rc == 0
   for name in BAD_NAMES + ('missing.jpg',):
@@ -212,19 +227,14 @@ def test_bad_images_reported_by_name_and_skipped(setup, checkpoint_run, capsys):
   assert sorted(os.listdir(out)) == sorted(
       [predict.CATEGORIES_FILE, predict.DETECTIONS_FILE, predict.IMAGES_FILE,
        'val_000000.png'])
+  kept = [dict(r, image_id=1) for r in want if r['score'] >= threshold]
+  assert len(kept) < len(want)
+  assert len(results) == len(kept)
+  for got, ref in zip(results, kept):
+    assert got['category_id'] == ref['category_id'] and got['image_id'] == 1
+    np.testing.assert_allclose(got['bbox'], ref['bbox'], atol=1e-3)
   last = captured.out.strip().splitlines()[-1]
   assert last == f'1 images, {len(results)} detections, 4 skipped'
-
-
-def test_score_threshold_filters(setup, checkpoint_run):
-  _, all_results, _ = _load(checkpoint_run[1])
-  threshold = float(np.median([r['score'] for r in all_results]))
-  rc, out = _run(setup, setup['prefix'], 'thresh', [setup['images']],
-                 ['--experiment', EXPERIMENT, '--params_override', setup['override'],
-                  '--score_threshold', str(threshold)])
-  assert rc == 0
-  _, results, _ = _load(out)
-  assert results == [r for r in all_results if r['score'] >= threshold]
 
 
 def _error(capsys):

@@ -210,13 +210,17 @@ class SSDLiteTask(base_task.Task):
     return logs
 
   def aggregate_logs(self, state=None, step_outputs=None):
+    """Feeds COCO; keeps the first batch's images + detections when visualizing.
+
+    The state must stay truthy: Model Garden skips `reduce_aggregated_logs` otherwise.
+    """
     if state is None:
       self.coco_metric.reset_states()
-      state = {}
+      state = True
     self.coco_metric.update_state(step_outputs[self.coco_metric.name][0],
                                   step_outputs[self.coco_metric.name][1])
-    if 'visualization' in step_outputs and 'image' not in state:
-      state.update(visualization_utils.update_detection_state(step_outputs))
+    if 'visualization' in step_outputs and not isinstance(state, dict):
+      state = visualization_utils.update_detection_state(step_outputs)
     return state
 
   def reduce_aggregated_logs(self, aggregated_logs, global_step=None):

@@ -32,8 +32,9 @@ OUT_DIR receives:
   * categories.json: `[{id, name}]` of the model's classes;
   * `<image stem>.png` per image read, with boxes, class names and scores drawn
     (`<stem>_1.png`, ... when two inputs share a stem).
-A missing or unreadable input (0 bytes, corrupt, not an image) is reported on stderr
-by name and skipped. Exit code 0 when at least one image was processed, else 2. The
+Files of an earlier run in OUT_DIR are replaced when their names recur, else kept. A
+missing or unreadable input (0 bytes, corrupt, not an image) is reported on stderr
+by name and skipped; the model is loaded at the first readable image. Exit code 0 when at least one image was processed, else 2. The
 last stdout line is `N images, M detections, K skipped`.
 """
 
@@ -134,10 +135,13 @@ def _serving_fn(module_or_signature) -> Callable[[np.ndarray], Dict[str, np.ndar
   return detect
 
 
-def load_checkpoint(args) -> Predictor:
-  if not args.experiment:
+def _check_experiment(args, fmt: str) -> None:
+  if fmt == FORMAT_CHECKPOINT and not args.experiment:
     raise ValueError(f'--model {args.model} is a checkpoint: --experiment is required')
-  loaded = loader.load_detector(args.experiment, args.model, args.config_file,
+
+
+def load_checkpoint(args, path: str) -> Predictor:
+  loaded = loader.load_detector(args.experiment, path, args.config_file,
                                 args.params_override, args.best)
   module = saved_model.SSDLiteServingModule(loaded.params, loaded.model,
                                             loaded.category_map)
@@ -182,8 +186,7 @@ def load_predictor(args) -> Predictor:
   """The detector `args.model` holds (module docstring)."""
   fmt, path = model_format(args.model)
   if fmt == FORMAT_CHECKPOINT:
-    args.model = path
-    return load_checkpoint(args)
+    return load_checkpoint(args, path)
   ignored = [flag for flag, value in (('--experiment', args.experiment),
                                       ('--config_file', args.config_file),
                                       ('--params_override', args.params_override),
@@ -289,12 +292,11 @@ def run(args) -> Dict[str, int]:
     raise ValueError('no input image: ' + '; '.join(f'{i}: {r}' for i, r in problems))
   if os.path.exists(args.output) and not os.path.isdir(args.output):
     raise ValueError(f'--output {args.output} exists and is not a folder')
-  predictor = load_predictor(args)
-  print(f'predicting with {predictor.description} on {len(paths)} file(s)')
-  os.makedirs(args.output, exist_ok=True)
+  # A bad --model fails now; loading (seconds) waits for the first readable image.
+  _check_experiment(args, model_format(args.model)[0])
   for item, reason in problems:
     _skip(item, reason)
-  results, images, used = [], [], set()
+  predictor, results, images, used = None, [], [], set()
   skipped = len(problems)
   for path in paths:
     try:
@@ -303,6 +305,10 @@ def run(args) -> Dict[str, int]:
       _skip(path, str(e))
       skipped += 1
       continue
+    if predictor is None:
+      predictor = load_predictor(args)
+      print(f'predicting with {predictor.description} on {len(paths)} file(s)')
+      os.makedirs(args.output, exist_ok=True)
     image_id = FIRST_IMAGE_ID + len(images)
     boxes, classes, scores = select(predictor.detect(image), args.score_threshold)
     results.extend(coco_results(image_id, boxes, classes, scores))

@@ -224,7 +224,9 @@ def test_int8_export_runs(setup, fp32_tflite):
   s = setup
   representative = tflite_convert.representative_images(s['task'], s['params'], 4)
   assert len(representative) == 4 and representative[0].shape == (1, INPUT, INPUT, 3)
-  assert 0.0 <= min(r.min() for r in representative) < 5.0  # Pixels, not [-1, 1].
+  # Pixels in [0, 255], not normalized [-1, 1] images.
+  assert 0.0 <= min(r.min() for r in representative)
+  assert 2.0 < max(r.max() for r in representative) <= 255.0
   path = tflite_convert.export_tflite(s['params'], s['model'], s['category_map'],
                                       str(s['out'] / 'int8.tflite'), 'int8',
                                       representative=representative)

@@ -63,16 +63,16 @@ def test_two_workers_end_with_identical_weights(tmp_path):
   for proc, out in zip(procs, outputs):
     assert proc.returncode == 0, out[-4000:]
   assert 'MultiWorkerMirroredStrategy' in outputs[0] or 'multi_worker' in outputs[0].lower()
-  readers = [tf.train.load_checkpoint(tf.train.latest_checkpoint(tmp_path / f'worker{i}'))
-             for i in range(2)]
-  names = [n for n in readers[0].get_variable_to_shape_map()
-           if n.startswith('model/') and n.endswith('.ATTRIBUTES/VARIABLE_VALUE')]
-  assert len(names) > 200
-  assert int(readers[0].get_tensor('global_step/.ATTRIBUTES/VARIABLE_VALUE')) == STEPS
-  for name in names:
-    np.testing.assert_array_equal(readers[0].get_tensor(name), readers[1].get_tensor(name),
-                                  err_msg=name)
+  # Non-chief workers checkpoint to a temporary folder that is removed; every worker
+  # prints the sha256 of its final weights.
+  prints = [[l for l in out.splitlines() if l.startswith('final weights sha256: ')]
+            for out in outputs]
+  assert all(len(p) == 1 for p in prints), outputs[1][-3000:]
+  assert prints[0][0] == prints[1][0]
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(tmp_path / 'worker0'))
+  assert int(reader.get_tensor('global_step/.ATTRIBUTES/VARIABLE_VALUE')) == STEPS
   # Training ran (the comparison is not between two initial states): BN moved.
-  variances = [n for n in names if n.endswith('moving_variance/.ATTRIBUTES/VARIABLE_VALUE')]
-  assert variances
-  assert all(not np.allclose(readers[0].get_tensor(n), 1.0) for n in variances)
+  variances = [n for n in reader.get_variable_to_shape_map()
+               if n.endswith('moving_variance/.ATTRIBUTES/VARIABLE_VALUE')]
+  assert len(variances) == 76
+  assert all(not np.allclose(reader.get_tensor(n), 1.0) for n in variances)

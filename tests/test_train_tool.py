@@ -146,3 +146,20 @@ def test_resume_after_kill_9(trained_dir, data_dir):
   assert _latest_step(model_dir) == final_steps
   # The step counter continued from the checkpoint instead of starting at 0.
   assert f'step {killed_at + 2}/{final_steps}' in result.stdout
+
+
+@pytest.mark.parametrize('content,field', [
+    ('{"images": [', 'JSON'),
+    ('{"annotations": [], "categories": [{"id": 1, "name": "a"}]}', 'images'),
+])
+def test_bad_annotation_file_is_one_line_naming_it(tmp_path, data_dir, content, field):
+  bad = tmp_path / 'instances_bad.json'
+  bad.write_text(content)
+  overrides = _overrides(data_dir, 2).replace(
+      f'{data_dir}/annotations/instances_train.json', str(bad))
+  result = _train(tmp_path / 'model', overrides)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr
+  error = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+  assert len(error) == 1 and 'instances_bad.json' in error[0], result.stderr[-2000:]
+  assert field.lower() in error[0].lower()

@@ -85,6 +85,7 @@ def ssdlite_mnv2_shapes() -> cfg.ExperimentConfig:
   model.norm_activation.norm_momentum = 0.9
   task = ssdlite.SSDLiteTask(
       model=model,
+      allow_image_summary=True,  # eval images with detections drawn, in TensorBoard
       train_data=ssdlite.DataConfig(
           annotation_file=os.path.join(SHAPES_DIR, 'annotations/instances_train.json'),
           image_dir=os.path.join(SHAPES_DIR, 'train'), is_training=True,

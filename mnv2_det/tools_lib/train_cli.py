@@ -12,6 +12,7 @@ rate). On top of it this module adds:
   - one clear `error: ...` line and exit code 2 for user errors, never a traceback.
 """
 
+import hashlib
 import os
 import sys
 import time
@@ -133,25 +134,38 @@ class ProgressAction:
 
 
 class DivergenceGuard:
-  """Orbit train action: stops on a NaN/inf loss before it is checkpointed."""
+  """Orbit train action: stops on a NaN/inf (or above `loss_upper_bound`) loss before
+  the diverged weights are checkpointed."""
 
-  def __init__(self, trainer, steps_per_loop: int, model_dir: Optional[str]):
+  def __init__(self, trainer, steps_per_loop: int, model_dir: Optional[str],
+               loss_upper_bound: float = np.inf):
     self._trainer = trainer
     self._steps_per_loop = steps_per_loop
     self._model_dir = model_dir
+    self._bound = loss_upper_bound
 
   def __call__(self, output: Dict[str, Any]):
     bad = {k: float(v) for k, v in output.items()
-           if k.endswith('loss') and np.ndim(v) == 0 and not np.isfinite(float(v))}
+           if k.endswith('loss') and np.ndim(v) == 0 and
+           not (np.isfinite(float(v)) and float(v) <= self._bound)}
     if not bad:
       return
     step = int(self._trainer.global_step.numpy())
     first = max(step - self._steps_per_loop + 1, 1)
     last_good = tf.train.latest_checkpoint(self._model_dir) if self._model_dir else None
     raise TrainingDiverged(
-        f'training stopped: non-finite loss {bad} in steps {first}..{step}; the weights '
+        f'training stopped: non-finite loss (or above trainer.loss_upper_bound '
+        f'{self._bound:g}) {bad} in steps {first}..{step}; the weights '
         f'of step {step} were not saved; last good checkpoint: {last_good or "none"}. '
         'Lower the learning rate or check the data.')
+
+
+def weights_fingerprint(model) -> str:
+  """sha256 over every variable's bytes, in model order."""
+  digest = hashlib.sha256()
+  for variable in model.variables:
+    digest.update(np.ascontiguousarray(variable.numpy()).tobytes())
+  return digest.hexdigest()
 
 
 def _format_seconds(seconds: float) -> str:
@@ -182,7 +196,8 @@ def run_experiment(params, model_dir: str, mode: str):
   if 'train' in mode:
     # These run before Model Garden's own recovery action, so a NaN stops here with
     # the steps named.
-    train_actions = [DivergenceGuard(trainer, params.trainer.steps_per_loop, model_dir),
+    train_actions = [DivergenceGuard(trainer, params.trainer.steps_per_loop, model_dir,
+                                     params.trainer.loss_upper_bound),
                      ProgressAction(trainer, params, model_dir)]
   return train_lib.run_experiment(
       distribution_strategy=strategy, task=task, mode=mode, params=params,
@@ -196,10 +211,13 @@ def run(flag_values) -> int:
   """CLI entry: returns the process exit code."""
   try:
     params = parse_params(flag_values)
-    _, logs = run_experiment(params, flag_values.model_dir, flag_values.mode)
+    model, logs = run_experiment(params, flag_values.model_dir, flag_values.mode)
   except (ValueError, TrainingDiverged) as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     return EXIT_USER_ERROR
+  if 'train' in flag_values.mode:
+    # Equal on every worker of a synchronous run: a cheap check that replicas agree.
+    print(f'final weights sha256: {weights_fingerprint(model)}', flush=True)
   if logs:
     logging.info('Final eval logs: %s', logs)
   return 0

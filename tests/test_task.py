@@ -1,0 +1,86 @@
+"""The SSDLite task in-process: a train step under mixed precision and with an EMA
+optimizer (both Model Garden features reached through our config), and the losses."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+import mnv2_det  # pylint: disable=unused-import
+from mnv2_det.data import shapes
+from official.core import exp_factory
+from official.core import task_factory
+from official.core import train_utils
+from official.modeling import performance
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  out = tmp_path_factory.mktemp('shapes')
+  shapes.generate(str(out), num_train=8, num_val=4, seed=2)
+  return str(out)
+
+
+def _params(data_dir, **trainer):
+  params = exp_factory.get_exp_config('ssdlite_mnv2_shapes')
+  params.override({
+      'task': {
+          'model': {'input_size': [96, 96, 3],
+                    'backbone': {'mnv2_det': {'depth_multiplier': 0.35}}},
+          'train_data': {'annotation_file': f'{data_dir}/annotations/instances_train.json',
+                         'image_dir': f'{data_dir}/train', 'global_batch_size': 4},
+      },
+      'trainer': trainer,
+  }, is_strict=True)
+  return params
+
+
+def _one_step(params):
+  task = task_factory.get_task(params.task)
+  model = task.build_model()
+  optimizer = train_utils.create_optimizer(task, params)
+  if hasattr(optimizer, 'shadow_copy'):  # as Model Garden's Trainer does for EMA
+    optimizer.shadow_copy(model)
+  inputs = next(iter(task.build_inputs(params.task.train_data)))
+  before = model.backbone.get_layer('Conv1').kernel.numpy().copy()
+  logs = tf.function(lambda: task.train_step(inputs, model, optimizer))()
+  return model, optimizer, logs, before
+
+
+def test_train_step_with_ema_optimizer(data_dir):
+  params = _params(data_dir, optimizer_config={'ema': {'average_decay': 0.99}})
+  model, optimizer, logs, before = _one_step(params)
+  assert type(optimizer).__name__ == 'ExponentialMovingAverage'
+  assert all(np.isfinite(float(v)) for v in logs.values())
+  assert not np.allclose(model.backbone.get_layer('Conv1').kernel.numpy(), before)
+
+
+def test_train_step_under_mixed_bfloat16(data_dir):
+  params = _params(data_dir)
+  performance.set_mixed_precision_policy('bfloat16')  # runtime.mixed_precision_dtype
+  try:
+    model, _, logs, before = _one_step(params)
+    assert model.backbone.get_layer('Conv1').compute_dtype == 'bfloat16'
+    assert model.backbone.get_layer('Conv1').kernel.dtype == tf.float32
+    assert all(np.isfinite(float(v)) for v in logs.values())
+    assert not np.allclose(model.backbone.get_layer('Conv1').kernel.numpy(), before)
+  finally:
+    tf_keras.mixed_precision.set_global_policy('float32')
+
+
+def test_losses_are_named_and_add_up(data_dir):
+  params = _params(data_dir)
+  task = task_factory.get_task(params.task)
+  model = task.build_model()
+  images, labels = next(iter(task.build_inputs(params.task.train_data)))
+  losses = task.build_losses(model(images, training=True), labels, model.losses)
+  assert set(losses) >= {'total_loss', 'cls_loss', 'box_loss', 'regularization_loss',
+                         'num_positives'}
+  np.testing.assert_allclose(
+      float(losses['total_loss']),
+      float(losses['cls_loss'] + losses['box_loss'] + losses['regularization_loss']),
+      rtol=1e-5)
+  assert float(losses['num_positives']) >= 1
+  # The regularization term is the layers' L2 (slim preset + head + extra layers).
+  np.testing.assert_allclose(float(losses['regularization_loss']),
+                             float(tf.add_n(model.losses)), rtol=1e-6)

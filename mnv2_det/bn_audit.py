@@ -51,7 +51,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from mnv2_det.tools_lib import evaluate as eval_lib
+from mnv2_det.tools_lib import checkpoints
 
 # A layer is 'stale' above either threshold: a mean off by half a data standard
 # deviation on average over channels, or variances off by a factor 2 on average.
@@ -91,7 +91,7 @@ def batch_norm_layers(model) -> List[tf_keras.layers.BatchNormalization]:
 def layer_names(model) -> Dict[int, str]:
   """`{id(layer): 'component/layer_name'}`, component = the model attribute holding it."""
   names = {}
-  for path, variable in eval_lib.model_variable_paths(model).items():
+  for path, variable in checkpoints.model_variable_paths(model).items():
     if path[-1] == 'moving_mean':
       names[variable.ref()] = path[0]
   return {id(layer): f'{names.get(layer.moving_mean.ref(), "model")}/{layer.name}'
@@ -291,9 +291,9 @@ def write_checkpoint(model, source_prefix: str, output_dir: str,
   check_output_dir(output_dir, source_prefix)
   tf.io.gfile.makedirs(output_dir)
   reader = tf.train.load_checkpoint(source_prefix)
-  keys = eval_lib.model_variable_keys(source_prefix)
+  keys = checkpoints.model_variable_keys(source_prefix)
   values = {keys[path]: variable.numpy()
-            for path, variable in eval_lib.model_variable_paths(model).items()}
+            for path, variable in checkpoints.model_variable_paths(model).items()}
   names = sorted(reader.get_variable_to_dtype_map())
   prefix = os.path.join(output_dir, os.path.basename(source_prefix))
   tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[''] * len(names),
@@ -304,7 +304,7 @@ def write_checkpoint(model, source_prefix: str, output_dir: str,
   with tf.io.gfile.GFile(os.path.join(output_dir, CHECKPOINT_INDEX_FILE), 'w') as f:
     f.write(f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n')
   if params_file:
-    shutil.copyfile(params_file, os.path.join(output_dir, eval_lib.PARAMS_FILE))
+    shutil.copyfile(params_file, os.path.join(output_dir, checkpoints.PARAMS_FILE))
   return prefix
 
 
@@ -344,12 +344,12 @@ def run(args) -> Dict[str, Any]:
     raise ValueError(f'--num_batches must be >= 1, got {args.num_batches}')
   if args.recalibrate and not args.output_dir:
     raise ValueError('--recalibrate needs --output_dir (the input is never overwritten)')
-  prefix, params_file = eval_lib.resolve_checkpoint(args.checkpoint, args.best)
+  prefix, params_file = checkpoints.resolve_checkpoint(args.checkpoint, args.best)
   if args.recalibrate:
     check_output_dir(args.output_dir, prefix)  # before the slow part
-  params = eval_lib.build_params(args.experiment, params_file, args.config_file,
+  params = checkpoints.build_params(args.experiment, params_file, args.config_file,
                                  args.params_override)
-  task, model = eval_lib.load_task_and_model(params, prefix)
+  task, model = checkpoints.load_task_and_model(params, prefix)
   dataset = audit_dataset(task, params, args.data)
   rows = audit(model, dataset, args.num_batches, eager=args.eager)
   print(format_table(rows))
@@ -374,7 +374,7 @@ def run(args) -> Dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = eval_lib.argument_parser(__doc__)
+  parser = checkpoints.argument_parser(__doc__)
   parser.add_argument('--data', default='train', choices=('train', 'validation'),
                       help='train: training pipeline without augmentation')
   parser.add_argument('--num_batches', type=int, default=DEFAULT_NUM_BATCHES)
@@ -385,4 +385,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--eager', action='store_true',
                       help='run eagerly instead of tracing (faster for 1-3 batches)')
   args = parser.parse_args(argv)
-  return eval_lib.run_cli(lambda: run(args))
+  return checkpoints.run_cli(lambda: run(args))

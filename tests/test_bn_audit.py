@@ -15,7 +15,7 @@ from official.core import train_utils
 
 from mnv2_det import bn_audit
 from mnv2_det.data import shapes
-from mnv2_det.tools_lib import evaluate as eval_lib
+from mnv2_det.tools_lib import checkpoints
 
 EXPERIMENT = 'ssdlite_mnv2_shapes'
 NUM_IMAGES = 8
@@ -45,7 +45,7 @@ def setup(tmp_path_factory):
         'model': {'input_size': [128, 128, 3],
                   'backbone': {'mnv2_det': {'depth_multiplier': 0.35}}},
         'train_data': split('train'), 'validation_data': split('val')}}, f)
-  params = eval_lib.build_params(EXPERIMENT, config_files=[config])
+  params = checkpoints.build_params(EXPERIMENT, config_files=[config])
   task = task_factory.get_task(params.task)
   dataset = bn_audit.audit_dataset(task, params, 'validation')
   return task, params, dataset
@@ -215,7 +215,7 @@ def test_write_checkpoint_keeps_structure(setup, built, model, tmp_path):
   layers = bn_audit.batch_norm_layers(model)
   recalibrated = [layer.moving_variance.numpy() for layer in layers]
   model.set_weights(built[1])  # back to moving variance 1, then read the new checkpoint
-  eval_lib.restore_model(model, prefix)
+  checkpoints.restore_model(model, prefix)
   for layer, expected in zip(layers, recalibrated):
     np.testing.assert_array_equal(layer.moving_variance.numpy(), expected)
   with pytest.raises(ValueError, match='already holds a checkpoint'):
@@ -240,7 +240,7 @@ def test_cli_audit_and_recalibrate(setup, model, tmp_path, capsys):
   out, report_path = str(tmp_path / 'recal'), str(tmp_path / 'bn.json')
   argv = ['--experiment', EXPERIMENT, '--checkpoint', model_dir, '--data', 'train',
           '--num_batches', '1', '--eager', '--report', report_path]
-  assert bn_audit.main(argv + ['--recalibrate']) == eval_lib.ERROR_EXIT_CODE
+  assert bn_audit.main(argv + ['--recalibrate']) == checkpoints.ERROR_EXIT_CODE
   assert capsys.readouterr().err.startswith('error: --recalibrate needs --output_dir')
   assert bn_audit.main(argv + ['--recalibrate', '--output_dir', out]) == 0
   text = capsys.readouterr().out
@@ -252,5 +252,5 @@ def test_cli_audit_and_recalibrate(setup, model, tmp_path, capsys):
   assert report['recalibrated_checkpoint'] == os.path.join(out, 'ckpt-7')
   assert _digest(model_dir) == digest  # the input is untouched
   # The new folder reads as a model_dir, like the source.
-  assert eval_lib.resolve_checkpoint(out) == (os.path.join(out, 'ckpt-7'),
+  assert checkpoints.resolve_checkpoint(out) == (os.path.join(out, 'ckpt-7'),
                                               os.path.join(out, 'params.yaml'))

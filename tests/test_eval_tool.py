@@ -15,6 +15,7 @@ from official.core import train_utils
 
 from mnv2_det.data import shapes
 from mnv2_det.data.category_map import CategoryMap
+from mnv2_det.tools_lib import checkpoints
 from mnv2_det.tools_lib import evaluate
 
 EXPERIMENT = 'ssdlite_mnv2_shapes'
@@ -51,7 +52,7 @@ def config_file(data, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def task_and_params(config_file):
-  params = evaluate.build_params(EXPERIMENT, config_files=[config_file])
+  params = checkpoints.build_params(EXPERIMENT, config_files=[config_file])
   return task_factory.get_task(params.task), params
 
 
@@ -210,7 +211,7 @@ def test_cli_end_to_end_on_fresh_checkpoint(model_dir, tmp_path, capsys):
 def _run_cli_expecting_error(argv, capsys):
   code = evaluate.main(argv)
   err = capsys.readouterr().err
-  assert code == evaluate.ERROR_EXIT_CODE
+  assert code == checkpoints.ERROR_EXIT_CODE
   assert err.startswith('error: ') and 'Traceback' not in err
   return err
 

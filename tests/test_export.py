@@ -26,6 +26,7 @@ from mnv2_det.export import serving_inputs
 from mnv2_det.export import tflite
 from mnv2_det.export import tflite_convert
 from mnv2_det.export import tflite_postprocess
+from mnv2_det.tools_lib import checkpoints
 from mnv2_det.tools_lib import evaluate
 
 EXPERIMENT = 'ssdlite_mnv2_shapes'
@@ -82,7 +83,7 @@ def setup(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp('shapes'))
   shapes.generate(data_dir, num_train=6, num_val=2, seed=5)
   override = _overrides(data_dir)
-  params = evaluate.build_params(EXPERIMENT, params_override=override)
+  params = checkpoints.build_params(EXPERIMENT, params_override=override)
   task = task_factory.get_task(params.task)
   model = task.build_model()
   _set_weights(model)
@@ -264,7 +265,7 @@ def test_missing_checkpoint_cli(setup, tmp_path, capsys):
   output = tmp_path / 'sub' / 'sm'
   rc = cli.main(['saved_model', '--experiment', EXPERIMENT, '--checkpoint',
                  str(tmp_path / 'nope'), '--output', str(output)])
-  assert rc == evaluate.ERROR_EXIT_CODE
+  assert rc == checkpoints.ERROR_EXIT_CODE
   assert 'nope' in _error_line(capsys)
   assert not os.listdir(tmp_path)
 
@@ -281,7 +282,7 @@ def test_corrupt_checkpoint_cli_leaves_nothing(setup, tmp_path, capsys):
   output = tmp_path / 'out' / 'model.tflite'
   rc = cli.main(['tflite', '--experiment', EXPERIMENT, '--checkpoint', prefix,
                  '--params_override', setup['override'], '--output', str(output)])
-  assert rc == evaluate.ERROR_EXIT_CODE
+  assert rc == checkpoints.ERROR_EXIT_CODE
   assert 'ckpt-1' in _error_line(capsys)
   assert sorted(os.listdir(tmp_path)) == ['ckpt-1.data-00000-of-00001', 'ckpt-1.index']
 

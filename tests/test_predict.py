@@ -25,7 +25,7 @@ from mnv2_det.data.category_map import UNKNOWN
 from mnv2_det.export import saved_model
 from mnv2_det.export import serving_inputs
 from mnv2_det.export import tflite_convert
-from mnv2_det.tools_lib import evaluate
+from mnv2_det.tools_lib import checkpoints
 from mnv2_det.tools_lib import predict
 
 EXPERIMENT = 'ssdlite_mnv2_shapes'
@@ -78,7 +78,7 @@ def setup(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp('shapes'))
   shapes.generate(data_dir, num_train=4, num_val=2, seed=5)
   override = _overrides(data_dir)
-  params = evaluate.build_params(EXPERIMENT, params_override=override)
+  params = checkpoints.build_params(EXPERIMENT, params_override=override)
   task = task_factory.get_task(params.task)
   model = task.build_model()
   _set_weights(model)
@@ -247,7 +247,7 @@ def test_unknown_model_format_exit_2(setup, tmp_path, capsys):
   junk = tmp_path / 'model.bin'
   junk.write_bytes(b'\x00' * 64)
   rc, _ = _run(setup, str(junk), 'junk', [setup['images']])
-  assert rc == evaluate.ERROR_EXIT_CODE
+  assert rc == checkpoints.ERROR_EXIT_CODE
   line = _error(capsys)
   assert str(junk) in line and 'unknown model format' in line
   folder = tmp_path / 'empty_dir'

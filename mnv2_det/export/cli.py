@@ -31,7 +31,7 @@ from mnv2_det.export import loader
 from mnv2_det.export import saved_model
 from mnv2_det.export import tflite as tflite_runtime
 from mnv2_det.export import tflite_convert
-from mnv2_det.tools_lib import evaluate
+from mnv2_det.tools_lib import checkpoints
 
 BYTES_PER_MB = 1024.0 * 1024.0
 # Pixel value of the blank image of the post-export smoke run.
@@ -120,7 +120,7 @@ def run(args) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = build_parser().parse_args(argv)
-  return evaluate.run_cli(lambda: run(args))
+  return checkpoints.run_cli(lambda: run(args))
 
 
 if __name__ == '__main__':

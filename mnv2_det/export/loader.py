@@ -11,7 +11,7 @@ from official.core import task_factory
 
 import mnv2_det  # pylint: disable=unused-import  # registers backbone, task, experiments
 from mnv2_det.data.category_map import CategoryMap
-from mnv2_det.tools_lib import evaluate
+from mnv2_det.tools_lib import checkpoints
 
 
 @dataclasses.dataclass
@@ -45,9 +45,9 @@ _UNREADABLE_CHECKPOINT_ERRORS = (tf.errors.OpError, OSError, IndexError, EOFErro
 
 
 def restore_checkpoint(model, prefix: str) -> None:
-  """`evaluate.restore_model` with unreadable files turned into a ValueError."""
+  """`checkpoints.restore_model` with unreadable files turned into a ValueError."""
   try:
-    evaluate.restore_model(model, prefix)
+    checkpoints.restore_model(model, prefix)
   except _UNREADABLE_CHECKPOINT_ERRORS as e:
     raise ValueError(f'checkpoint {prefix} cannot be read (corrupt or truncated?): '
                      f'{first_line(e)}') from e
@@ -70,8 +70,8 @@ def load_detector(experiment: str, checkpoint: str, config_files: Sequence[str] 
     ValueError: unknown experiment, bad override, missing / corrupt checkpoint, a
       checkpoint of another architecture, or no category table (train annotations).
   """
-  prefix, params_file = evaluate.resolve_checkpoint(checkpoint, best)
-  params = evaluate.build_params(experiment, params_file, config_files, params_override)
+  prefix, params_file = checkpoints.resolve_checkpoint(checkpoint, best)
+  params = checkpoints.build_params(experiment, params_file, config_files, params_override)
   task = task_factory.get_task(params.task)
   model = task.build_model()
   restore_checkpoint(model, prefix)

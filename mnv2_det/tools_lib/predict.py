@@ -56,6 +56,7 @@ from mnv2_det.export import loader
 from mnv2_det.export import saved_model
 from mnv2_det.export import tflite
 from mnv2_det.tools_lib import draw
+from mnv2_det.tools_lib import checkpoints
 from mnv2_det.tools_lib import evaluate
 
 DEFAULT_SCORE_THRESHOLD = 0.3
@@ -101,7 +102,7 @@ def model_format(path: str) -> Tuple[str, str]:
     if any(os.path.isfile(os.path.join(path, f)) for f in SAVED_MODEL_FILES):
       return FORMAT_SAVED_MODEL, path
     if (os.path.isfile(os.path.join(path, CHECKPOINT_STATE_FILE)) or
-        os.path.isdir(os.path.join(path, evaluate.BEST_CKPT_SUBDIR))):
+        os.path.isdir(os.path.join(path, checkpoints.BEST_CKPT_SUBDIR))):
       return FORMAT_CHECKPOINT, path
     raise ValueError(f'--model {path}: unknown model format (a folder with neither '
                      f'{SAVED_MODEL_FILES[0]} nor a "{CHECKPOINT_STATE_FILE}" file)')
@@ -356,4 +357,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = build_parser().parse_args(argv)
-  return evaluate.run_cli(lambda: run(args))
+  return checkpoints.run_cli(lambda: run(args))

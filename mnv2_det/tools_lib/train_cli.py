@@ -35,6 +35,12 @@ import mnv2_det  # pylint: disable=unused-import  # registers backbone, task, ex
 
 EXIT_USER_ERROR = 2
 PARAMS_FILE = 'params.yaml'
+# Model fields that may change between runs in one model_dir: they alter neither the
+# variables nor their meaning (post-processing thresholds, initialization source, BN
+# freezing for fine-tuning).
+RESUMABLE_MODEL_FIELDS = ('task.model.detection_generator.',
+                          'task.model.backbone.mnv2_det.weights',
+                          'task.model.freeze_batchnorm')
 
 
 class TrainingDiverged(RuntimeError):
@@ -60,8 +66,9 @@ def parse_params(flag_values):
 def check_model_dir(params, model_dir: str):
   """Refuses a model_dir whose checkpoint belongs to a different model config.
 
-  The model part of `params.yaml` (written by an earlier run) must equal this run's;
-  everything else (schedule, data paths, eval settings) may change between runs.
+  The model part of `params.yaml` (written by an earlier run) must equal this run's,
+  except RESUMABLE_MODEL_FIELDS; everything else (schedule, data paths, eval settings)
+  may change between runs.
   """
   saved = os.path.join(model_dir, PARAMS_FILE)
   if not tf.io.gfile.exists(saved) or not tf.train.latest_checkpoint(model_dir):
@@ -72,7 +79,8 @@ def check_model_dir(params, model_dir: str):
   new_model = params.task.model.as_dict()
   if old_model is None:
     return
-  diffs = _dict_diff(old_model, new_model, 'task.model')
+  diffs = [d for d in _dict_diff(old_model, new_model, 'task.model')
+           if not d.split(' ')[0].startswith(RESUMABLE_MODEL_FIELDS)]
   if diffs:
     shown = '; '.join(diffs[:3]) + (f' (+{len(diffs) - 3} more)' if len(diffs) > 3 else '')
     raise ValueError(

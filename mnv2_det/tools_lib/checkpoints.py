@@ -1,0 +1,215 @@
+"""Checkpoints and experiment configs for the tools: resolve, build, restore.
+
+Shared by tools/eval.py, tools/bn_audit.py, tools/predict.py and the exporters:
+  * `resolve_checkpoint`: a model_dir (latest or best_ckpt/) or a prefix ->
+    (prefix, params.yaml or None);
+  * `build_params`: experiment <- params.yaml <- config files <- k=v overrides;
+  * `restore_model`: reads a tf.train.Checkpoint(model=...) (the Model Garden
+    trainer's) into a built model after checking every variable path and shape;
+  * `argument_parser` / `run_cli`: the shared flags and the `error: ...` / exit
+    code 2 convention for ValueErrors.
+"""
+
+import argparse
+import os
+import sys
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import tensorflow as tf
+import yaml
+from google.protobuf import message
+from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+from official.core import exp_factory
+from official.core import task_factory
+from official.modeling import hyperparams
+
+import mnv2_det  # pylint: disable=unused-import  # registers backbone, task, experiments
+
+PARAMS_FILE = 'params.yaml'
+BEST_CKPT_SUBDIR = 'best_ckpt'
+CHECKPOINT_MODEL_KEY = 'model'  # Model Garden trainer: tf.train.Checkpoint(model=...)
+_OBJECT_GRAPH_KEY = '_CHECKPOINTABLE_OBJECT_GRAPH'
+_VARIABLE_ATTRIBUTE = 'VARIABLE_VALUE'
+ERROR_EXIT_CODE = 2
+# What reading a damaged checkpoint raises: a truncated .data file IndexError from the
+# reader, a garbage .index DataLossError (OpError), a damaged object graph DecodeError.
+_UNREADABLE_CHECKPOINT_ERRORS = (tf.errors.OpError, OSError, IndexError, EOFError,
+                                 message.DecodeError, UnicodeDecodeError)
+
+
+def resolve_checkpoint(path: str, best: bool = False) -> Tuple[str, Optional[str]]:
+  """Checkpoint prefix and params.yaml (or None) for a model_dir or a prefix.
+
+  A model_dir gives its latest checkpoint (or `best_ckpt/`'s with `best`) and its
+  params.yaml. A prefix (e.g. `run/ckpt-60`) gives the params.yaml of its folder,
+  or of the parent folder for a prefix inside `best_ckpt/`.
+  """
+  if tf.io.gfile.isdir(path):
+    model_dir = path
+    folder = os.path.join(path, BEST_CKPT_SUBDIR) if best else path
+    if best and not tf.io.gfile.isdir(folder):
+      raise ValueError(f'--best: {path} has no {BEST_CKPT_SUBDIR}/ folder')
+    prefix = tf.train.latest_checkpoint(folder)
+    if not prefix:
+      raise ValueError(f'{folder} holds no checkpoint (no "checkpoint" index file)')
+  elif tf.io.gfile.exists(path + '.index'):
+    prefix, folder = path, os.path.dirname(os.path.abspath(path))
+    model_dir = (os.path.dirname(folder) if os.path.basename(folder) == BEST_CKPT_SUBDIR
+                 else folder)
+  else:
+    raise ValueError(f'checkpoint {path} does not exist (neither a folder nor a '
+                     f'checkpoint prefix with {path}.index)')
+  params_file = os.path.join(model_dir, PARAMS_FILE)
+  return prefix, (params_file if tf.io.gfile.exists(params_file) else None)
+
+
+def build_params(experiment: str, params_file: Optional[str] = None,
+                 config_files: Sequence[str] = (), params_override: str = ''):
+  """experiment defaults <- params_file <- config_files <- params_override."""
+  try:
+    params = exp_factory.get_exp_config(experiment)
+  except (KeyError, LookupError) as e:
+    raise ValueError(f'unknown experiment {experiment!r}') from e
+  for source in ([params_file] if params_file else []) + list(config_files or []):
+    if not tf.io.gfile.exists(source):
+      raise ValueError(f'config file {source} does not exist')
+    params = _override(params, source, source)
+  if params_override:
+    params = _override(params, params_override, '--params_override')
+  params.validate()
+  return params
+
+
+def _override(params, source, what):
+  try:
+    return hyperparams.override_params_dict(params, source, is_strict=True)
+  except (KeyError, ValueError, TypeError, AttributeError, yaml.YAMLError) as e:
+    message = e.args[0] if isinstance(e, KeyError) and e.args else e
+    raise ValueError(f'{what}: {message}') from e
+
+
+def model_variable_keys(prefix: str) -> Dict[Tuple[str, ...], str]:
+  """`{child-name path from the checkpoint's 'model' object: tensor key}` of variables."""
+  reader = tf.train.load_checkpoint(prefix)
+  if not reader.has_tensor(_OBJECT_GRAPH_KEY):
+    raise ValueError(f'checkpoint {prefix} is not an object-based TF2 checkpoint')
+  graph = trackable_object_graph_pb2.TrackableObjectGraph()
+  graph.ParseFromString(reader.get_tensor(_OBJECT_GRAPH_KEY))
+  roots = [c.node_id for c in graph.nodes[0].children
+           if c.local_name == CHECKPOINT_MODEL_KEY]
+  if not roots:
+    raise ValueError(f'checkpoint {prefix} has no {CHECKPOINT_MODEL_KEY!r} object '
+                     '(not written by tf.train.Checkpoint(model=...))')
+  keys, seen, queue = {}, {roots[0]}, [(roots[0], ())]
+  while queue:
+    node_id, path = queue.pop(0)
+    for attribute in graph.nodes[node_id].attributes:
+      if attribute.name == _VARIABLE_ATTRIBUTE:
+        keys[path] = attribute.checkpoint_key
+    for child in graph.nodes[node_id].children:
+      if child.node_id not in seen:
+        seen.add(child.node_id)
+        queue.append((child.node_id, path + (child.local_name,)))
+  return keys
+
+
+def model_variable_paths(model) -> Dict[Tuple[str, ...], tf.Variable]:
+  """`{child-name path from `model`: variable}`, breadth first as the Checkpoint saver.
+
+  The paths are the ones `model_variable_keys` reads from a checkpoint's object graph.
+  """
+  paths, seen, queue = {}, {id(model)}, [(model, ())]
+  while queue:
+    obj, path = queue.pop(0)
+    if isinstance(obj, tf.Variable):
+      paths[path] = obj
+      continue
+    for name, child in tf.train.TrackableView.children(obj).items():
+      if id(child) not in seen:
+        seen.add(id(child))
+        queue.append((child, path + (name,)))
+  return paths
+
+
+def restore_model(model, prefix: str) -> None:
+  """Reads `model` from a Checkpoint(model=...) (e.g. the Model Garden trainer's).
+
+  Raises ValueError naming `prefix` when the checkpoint holds a different
+  architecture (a variable missing, extra or of another shape), checked before
+  reading so nothing is half-restored, or when its files cannot be read.
+  """
+  try:
+    _restore_model(model, prefix)
+  except _UNREADABLE_CHECKPOINT_ERRORS as e:
+    first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise ValueError(f'checkpoint {prefix} cannot be read (corrupt or truncated?): '
+                     f'{first_line}') from e
+
+
+def _restore_model(model, prefix: str) -> None:
+  keys = model_variable_keys(prefix)
+  shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+  live = model_variable_paths(model)
+  hint = ': a different architecture (check --experiment, --params_override, params.yaml)'
+  missing = [p for p in live if p not in keys]
+  if missing:
+    raise ValueError(f'checkpoint {prefix} lacks {len(missing)} model variables, e.g. '
+                     f'{"/".join(missing[0])}{hint}')
+  if len(keys) != len(live):
+    raise ValueError(f'checkpoint {prefix} holds {len(keys)} model variables, the '
+                     f'configured model {len(live)}{hint}')
+  for path, variable in live.items():
+    if list(shapes[keys[path]]) != variable.shape.as_list():
+      raise ValueError(f'checkpoint {prefix}: {"/".join(path)} has shape '
+                       f'{shapes[keys[path]]}, the configured model '
+                       f'{variable.shape.as_list()}{hint}')
+  status = tf.train.Checkpoint(**{CHECKPOINT_MODEL_KEY: model}).read(prefix)
+  status.expect_partial().assert_existing_objects_matched()
+
+
+def load_task_and_model(params, prefix: str):
+  """Builds the task and its model from `params` and restores `prefix` into it."""
+  task = task_factory.get_task(params.task)
+  model = task.build_model()
+  restore_model(model, prefix)
+  return task, model
+
+
+def argument_parser(description: str,
+                    checkpoint_required: bool = True) -> argparse.ArgumentParser:
+  """Flags shared by tools/eval.py and tools/bn_audit.py.
+
+  With `checkpoint_required=False`, --experiment and --checkpoint are optional (the
+  caller checks them, e.g. tools/eval.py takes --model instead).
+  """
+  parser = argparse.ArgumentParser(
+      description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--experiment', required=checkpoint_required,
+                      help='registered experiment name')
+  parser.add_argument('--config_file', action='append', default=[],
+                      help='YAML override (repeatable), applied after params.yaml')
+  parser.add_argument('--params_override', default='', help='k=v,... applied last')
+  parser.add_argument('--checkpoint', required=checkpoint_required,
+                      help='checkpoint prefix, or a model_dir (latest ckpt + params.yaml)')
+  parser.add_argument('--best', action='store_true',
+                      help=f'with a model_dir: use {BEST_CKPT_SUBDIR}/ instead of the latest')
+  return parser
+
+
+def params_and_checkpoint(args):
+  """(params, checkpoint prefix) from parsed argument_parser flags."""
+  prefix, params_file = resolve_checkpoint(args.checkpoint, args.best)
+  params = build_params(args.experiment, params_file, args.config_file,
+                        args.params_override)
+  return params, prefix
+
+
+def run_cli(fn: Callable[[], Any]) -> int:
+  """Runs `fn`; a ValueError becomes one `error: ...` line on stderr, exit code 2."""
+  try:
+    fn()
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return ERROR_EXIT_CODE
+  return 0

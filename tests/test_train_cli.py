@@ -1,0 +1,59 @@
+"""In-process checks of the train CLI's guards (the subprocess runs are in
+test_train_tool.py)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import mnv2_det  # pylint: disable=unused-import
+from mnv2_det.tools_lib import train_cli
+from official.core import exp_factory
+from official.core import train_utils
+
+
+def _model_dir_with(tmp_path, params):
+  train_utils.serialize_config(params, str(tmp_path))
+  tf.train.Checkpoint(v=tf.Variable(1.0)).save(str(tmp_path / 'ckpt'))
+  return str(tmp_path)
+
+
+def test_model_dir_check_allows_thresholds_but_not_architecture(tmp_path):
+  params = exp_factory.get_exp_config('ssdlite_mnv2_shapes')
+  model_dir = _model_dir_with(tmp_path, params)
+  params.task.model.detection_generator.score_threshold = 0.3
+  params.task.model.freeze_batchnorm = True
+  params.trainer.train_steps = 99
+  train_cli.check_model_dir(params, model_dir)  # resumable changes pass
+  params.task.model.feature_maps.layer_depths = [512, 256, 256, 64]
+  with pytest.raises(ValueError, match=r'task.model.feature_maps.layer_depths was '
+                                       r'\[512, 256, 256, 128\], now \[512, 256, 256, 64\]'):
+    train_cli.check_model_dir(params, model_dir)
+
+
+def test_empty_model_dir_passes(tmp_path):
+  train_cli.check_model_dir(exp_factory.get_exp_config('ssdlite_mnv2_shapes'), str(tmp_path))
+
+
+class _Trainer:
+  def __init__(self, step):
+    self.global_step = tf.Variable(step)
+
+
+@pytest.mark.parametrize('loss', [np.nan, np.inf, 2e6])
+def test_divergence_guard_names_the_steps(loss):
+  guard = train_cli.DivergenceGuard(_Trainer(40), steps_per_loop=10, model_dir=None,
+                                    loss_upper_bound=1e6)
+  guard({'total_loss': np.float32(1.0), 'cls_loss': np.float32(0.5)})  # fine
+  with pytest.raises(train_cli.TrainingDiverged, match='in steps 31..40'):
+    guard({'total_loss': np.float32(loss)})
+
+
+def test_progress_line(capsys):
+  params = exp_factory.get_exp_config('ssdlite_mnv2_shapes')
+  trainer = _Trainer(0)
+  action = train_cli.ProgressAction(trainer, params, model_dir=None)
+  trainer.global_step.assign(50)
+  action({'total_loss': 1.5, 'cls_loss': 1.0, 'box_loss': 0.5, 'learning_rate': 0.01})
+  line = capsys.readouterr().out.strip()
+  assert line.startswith('step 50/2400 | loss 1.5000 (cls_loss 1.0000, box_loss 0.5000)')
+  assert 'lr 0.01' in line and 'img/s' in line and 'ETA' in line

@@ -3,11 +3,21 @@
     python tools/eval.py --experiment ssdlite_mnv2_shapes --checkpoint runs/shapes \
         [--best] [--config_file x.yaml] [--params_override k=v,...] \
         [--report report.json] [--detections results.json] [--max_images N]
+    python tools/eval.py --model exported/saved_model_dir_or_model.tflite \
+        [--experiment E | --annotation_file val.json --image_dir val/] [--num_threads 2]
 
-`evaluate(detect_fn, dataset, category_map, annotation_file)` takes any
-`detect_fn(images, image_info) -> dict` (a Keras model, a SavedModel signature, a
-TFLite interpreter wrapper) and talks to pycocotools directly, handling its traps
-(REFERENCE.md, "pycocotools COCOeval facts"):
+Two ways in, one pycocotools path out:
+  * `evaluate(detect_fn, dataset, category_map, annotation_file)` takes any
+    `detect_fn(images, image_info) -> dict` over the eval pipeline's batches (already
+    resized, normalized images) with CONTIGUOUS classes: the in-process Keras model.
+  * `evaluate_images(detect_image_fn, annotation_file, image_dir)` feeds each ORIGINAL
+    image of the annotation file (uint8 `[h, w, 3]`, decoded as the pipeline decodes)
+    to `detect_image_fn`, which returns DATASET ids: exported models, which resize
+    themselves (SavedModel in its graph, `TFLiteDetector` on the host) with the same
+    `serving_inputs.prepare_image` as the pipeline, so fp32 results equal the
+    checkpoint's. Feeding them the pipeline's normalized images instead would skip
+    exactly the step that has to be checked.
+pycocotools' traps are handled (REFERENCE.md, "pycocotools COCOeval facts"):
   * an empty result list makes `COCO.loadRes` raise IndexError: we build an empty
     result set instead, so every stat is 0 (or -1 where there is no ground truth);
   * results carry the DATASET category ids (category_map) and absolute [x, y, w, h];
@@ -17,30 +27,24 @@ TFLite interpreter wrapper) and talks to pycocotools directly, handling its trap
     keep but list under `stats_without_groundtruth` / mark in the printed table.
 """
 
-import argparse
 import contextlib
 import copy
 import io
 import json
 import os
-import sys
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 import tensorflow as tf
 import yaml
-from google.protobuf import message
-from tensorflow.core.protobuf import trackable_object_graph_pb2
-
-from official.core import exp_factory
-from official.core import task_factory
-from official.modeling import hyperparams
 
 import mnv2_det  # pylint: disable=unused-import  # registers backbone, task, experiments
+from mnv2_det.data import preprocess
 from mnv2_det.data.category_map import UNKNOWN, CategoryMap
+from mnv2_det.tools_lib import checkpoints
 
 # COCOeval.stats order (REFERENCE.md).
 STAT_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl',

@@ -1,4 +1,15 @@
-"""Tests for mnv2_det.tools_lib.evaluate and tools/eval.py (pycocotools evaluation)."""
+"""Tests for mnv2_det.tools_lib.evaluate and tools/eval.py (pycocotools evaluation).
+
+The checkpoint fixture is a tiny detector (128x128, multiplier 0.35) with deterministic
+spread-out weights (`_spread_weights`, as tests/test_export.py), so its sigmoid scores
+are distinct and top-k comparisons between the checkpoint, its SavedModel and its
+fp32 TFLite mean something. Its AP on the real labels is 0 (untrained), which would make
+"exported AP == checkpoint AP" vacuous, so the exported models are compared (1)
+detection by detection with the checkpoint and (2) by COCO stats against PSEUDO ground
+truth: the checkpoint's own top PSEUDO_GT_PER_IMAGE detections per image. The
+checkpoint's AP there is well above 0 and any resize / coordinate mismatch of an
+exported path (boxes off by a few pixels) lowers its AP@[.5:.95].
+"""
 
 import json
 import os
@@ -7,7 +18,6 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf_keras
 import yaml
 
 from official.core import task_factory
@@ -15,6 +25,8 @@ from official.core import train_utils
 
 from mnv2_det.data import shapes
 from mnv2_det.data.category_map import CategoryMap
+from mnv2_det.export import saved_model
+from mnv2_det.export import tflite_convert
 from mnv2_det.tools_lib import checkpoints
 from mnv2_det.tools_lib import evaluate
 
@@ -24,6 +36,12 @@ NUM_VAL = 8
 BATCH = 4
 TINY_INPUT = [128, 128, 3]
 TINY_MULTIPLIER = 0.35
+NUM_CLASSES = 7  # shapes experiment: background + 5 categories + 1 spare slot
+AP_TOLERANCE = 0.01  # exported fp32 vs checkpoint, every COCO stat
+TOP_K = 10  # per-image detections compared between checkpoint and exported models
+PSEUDO_GT_PER_IMAGE = 3
+SCORE_ATOL = 1e-4
+BOX_ATOL_PX = 0.05
 
 
 @pytest.fixture(scope='module')
@@ -175,13 +193,42 @@ def test_groundtruth_without_area_and_iscrowd(tmp_path):
     evaluate.coco_evaluate(gt, [], [7, 8], path)
 
 
+def _spread_weights(model, seed=0):
+  """He-normal convs, identity BN, class biases ~ -2 (background -6): distinct scores."""
+  rng = np.random.default_rng(seed)
+  for v in model.variables:
+    name, shape = v.name, v.shape.as_list()
+    if 'moving_variance' in name or 'gamma' in name:
+      value = np.ones(shape)
+    elif 'moving_mean' in name or 'beta' in name:
+      value = np.zeros(shape)
+    elif name.endswith('bias:0'):
+      value = np.zeros(shape)
+      if 'class' in name:  # anchor-major channels; channel 0 of each anchor = background
+        value = rng.uniform(-2.5, -1.5, shape)
+        value[::NUM_CLASSES] = -6.0
+    else:
+      fan_in = np.prod(shape[:2]) if 'depthwise' in name else np.prod(shape[:-1])
+      std = np.sqrt(2.0 / fan_in) * (0.3 if 'predictor' in name else 1.0)
+      value = rng.normal(0.0, std, shape)
+    v.assign(value.astype(np.float32))
+
+
 @pytest.fixture(scope='module')
-def model_dir(task_and_params, tmp_path_factory):
-  """A freshly initialized model saved like the Model Garden trainer, + params.yaml."""
+def trained_like(task_and_params):
+  """The tiny model with `_spread_weights` (built once, shared by the fixtures)."""
+  task, _ = task_and_params
+  model = task.build_model()
+  _spread_weights(model)
+  return model
+
+
+@pytest.fixture(scope='module')
+def model_dir(task_and_params, trained_like, tmp_path_factory):
+  """The tiny model saved like the Model Garden trainer, + params.yaml."""
   task, params = task_and_params
   path = str(tmp_path_factory.mktemp('run'))
-  tf_keras.utils.set_random_seed(0)
-  model = task.build_model()
+  model = trained_like
   checkpoint = tf.train.Checkpoint(global_step=tf.Variable(0, dtype=tf.int64),
                                    model=model, **model.checkpoint_items)
   tf.train.CheckpointManager(checkpoint, path, max_to_keep=1).save(checkpoint_number=0)
@@ -238,3 +285,94 @@ def test_cli_errors_name_the_path(model_dir, tmp_path, capsys):
   err = _run_cli_expecting_error(['--experiment', EXPERIMENT, '--checkpoint', damaged],
                                  capsys)
   assert os.path.join(damaged, 'ckpt-0') in err and 'cannot be read' in err
+
+
+# ----------------------------------------------------------------- exported models
+@pytest.fixture(scope='module')
+def exported(task_and_params, trained_like, tmp_path_factory):
+  """SavedModel folder and fp32 .tflite of the model_dir model."""
+  task, params = task_and_params
+  out = tmp_path_factory.mktemp('exported')
+  sm = saved_model.export_saved_model(params, trained_like, task.category_map,
+                                      str(out / 'sm'))
+  fp32 = tflite_convert.export_tflite(params, trained_like, task.category_map,
+                                      str(out / 'fp32.tflite'), 'fp32')
+  return {'saved_model': sm, 'tflite': fp32}
+
+
+def _eval_cli(argv):
+  """evaluate.run on parsed flags: the report, without the exit-code wrapper."""
+  return evaluate.run(evaluate.main_parser().parse_args(argv))
+
+
+@pytest.fixture(scope='module')
+def checkpoint_run(model_dir, data, tmp_path_factory):
+  """The checkpoint's COCO results on the val split, the pseudo ground truth made of
+  its top PSEUDO_GT_PER_IMAGE results per image, and its report on that."""
+  out = tmp_path_factory.mktemp('ckpt_eval')
+  base = ['--experiment', EXPERIMENT, '--checkpoint', model_dir]
+  _eval_cli(base + ['--detections', str(out / 'det.json')])
+  with open(out / 'det.json', encoding='utf-8') as f:
+    results = json.load(f)
+  with open(data['val_annotations'], encoding='utf-8') as f:
+    pseudo = json.load(f)
+  pseudo['annotations'] = [
+      {'id': i + 1, 'image_id': r['image_id'], 'category_id': r['category_id'],
+       'bbox': r['bbox'], 'area': r['bbox'][2] * r['bbox'][3], 'iscrowd': 0}
+      for i, r in enumerate(r for rows in _top_k_by_image(results).values()
+                            for r in rows[:PSEUDO_GT_PER_IMAGE])]
+  pseudo_file = str(out / 'pseudo_gt.json')
+  with open(pseudo_file, 'w', encoding='utf-8') as f:
+    json.dump(pseudo, f)
+  report = _eval_cli(base + ['--params_override', f'task.annotation_file={pseudo_file}'])
+  return {'results': results, 'pseudo_file': pseudo_file, 'report': report}
+
+
+def _top_k_by_image(results):
+  by_image = {}
+  for r in results:
+    by_image.setdefault(r['image_id'], []).append(r)
+  return {i: sorted(rs, key=lambda r: -r['score'])[:TOP_K] for i, rs in by_image.items()}
+
+
+@pytest.mark.parametrize('kind', ['saved_model', 'tflite'])
+def test_exported_fp32_model_matches_checkpoint(kind, exported, checkpoint_run, data,
+                                                tmp_path):
+  detections = str(tmp_path / 'det.json')
+  # Images + annotations from --experiment + the SavedModel's params.yaml, or flags.
+  source = (['--experiment', EXPERIMENT] if kind == 'saved_model' else
+            ['--annotation_file', data['val_annotations'], '--image_dir', data['val_images']])
+  report = _eval_cli(['--model', exported[kind], '--detections', detections] + source)
+  assert report['format'] == kind and report['num_images'] == NUM_VAL
+  with open(detections, encoding='utf-8') as f:
+    got = _top_k_by_image(json.load(f))
+  want = _top_k_by_image(checkpoint_run['results'])
+  assert sorted(got) == sorted(want) and len(want) == NUM_VAL
+  for image_id, rows in want.items():
+    assert len(rows) == TOP_K
+    assert [r['category_id'] for r in got[image_id]] == [r['category_id'] for r in rows]
+    np.testing.assert_allclose([r['score'] for r in got[image_id]],
+                               [r['score'] for r in rows], atol=SCORE_ATOL)
+    np.testing.assert_allclose([r['bbox'] for r in got[image_id]],
+                               [r['bbox'] for r in rows], atol=BOX_ATOL_PX)
+  # Same COCO stats on the pseudo ground truth (evaluate_images called directly).
+  want_stats = checkpoint_run['report']['stats']
+  assert want_stats['AP'] > 0.2  # not a vacuous 0 == 0
+  report = evaluate.evaluate_images(evaluate.exported_image_fn(exported[kind], 1),
+                                    checkpoint_run['pseudo_file'], data['val_images'])
+  for name, value in want_stats.items():
+    assert report['stats'][name] == pytest.approx(value, abs=AP_TOLERANCE), name
+
+
+def test_cli_model_errors(exported, model_dir, tmp_path, capsys):
+  err = _run_cli_expecting_error(['--model', exported['tflite'], '--checkpoint',
+                                  model_dir], capsys)
+  assert 'exactly one' in err
+  missing = str(tmp_path / 'nope.tflite')
+  err = _run_cli_expecting_error(['--model', missing, '--annotation_file', 'x.json',
+                                  '--image_dir', str(tmp_path)], capsys)
+  assert missing in err and 'does not exist' in err
+  err = _run_cli_expecting_error(['--model', exported['tflite']], capsys)
+  assert '--annotation_file' in err and '--experiment' in err
+  err = _run_cli_expecting_error(['--model', str(tmp_path)], capsys)
+  assert str(tmp_path) in err and 'saved_model.pb' in err

@@ -3,6 +3,8 @@
   python tools/benchmark.py backbone      # MobileNetV2 features vs keras.applications, MG
   python tools/benchmark.py detector      # SSDLite forward / full inference vs MG RetinaNet
   python tools/benchmark.py train         # training images/s vs MG RetinaNet-MNv2
+  python tools/benchmark.py tflite        # fp32/int8 TFLite detector vs int8 MNv2 backbone
+  python tools/benchmark.py gflops        # CPU matmul GFLOP/s vs our achieved GFLOP/s
 
 Latency is TF-graph (tf.function, no XLA) wall time at batch 1, median of interleaved
 rounds. Run on an otherwise idle machine.
@@ -15,8 +17,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+import tensorflow as tf
 import tf_keras
+from ai_edge_litert.interpreter import Interpreter
 
 import mnv2_det  # pylint: disable=unused-import
 from official.core import exp_factory
@@ -27,6 +31,9 @@ from official.vision.configs import decoders
 from official.vision.tasks import retinanet
 from mnv2_det.configs import ssdlite as ssdlite_cfg
 from mnv2_det.modeling import factory
+from mnv2_det.data.category_map import CategoryMap
+from mnv2_det.export import tflite as tflite_runtime
+from mnv2_det.export import tflite_convert
 from mnv2_det.modeling.backbone import MobileNetV2Backbone
 from mnv2_det.tools_lib import model_stats
 from mnv2_det.tools_lib import timing
@@ -172,6 +179,104 @@ def bench_train(args):
   print(f'  -> mnv2_det / MG = {ratio:.2f}x (target >= 1.3x)')
 
 
+LATENCY_SCORE_THRESHOLD = 0.05  # instead of 1e-8 when timing regular NMS
+NUM_REPRESENTATIVE = 8
+PIXEL_MAX = 255.0
+TFLITE_TARGET_RATIO = 1.6  # int8 SSDLite / int8 backbone
+MATMUL_SIZE = 1024
+FLOPS_PER_MADD = 2
+
+
+def _random_pixels(size, count, seed=0):
+  rng = np.random.default_rng(seed)
+  return [rng.uniform(0, PIXEL_MAX, [1, size, size, 3]).astype(np.float32)
+          for _ in range(count)]
+
+
+def _detector_params(num_classes, size, fast_nms):
+  params = exp_factory.get_exp_config('ssdlite_mnv2_shapes')
+  params.override({'task': {'model': {
+      'num_classes': num_classes, 'input_size': [size, size, 3],
+      'backbone': {'mnv2_det': {'depth_multiplier': 1.0}}}}})
+  if not fast_nms:  # LiteRT regular NMS: see mnv2_det/export/tflite.py
+    params.task.model.detection_generator.score_threshold = LATENCY_SCORE_THRESHOLD
+  return params
+
+
+def _int8_backbone_bytes(size, representative):
+  """keras.applications MobileNetV2 features, random weights, full-integer int8."""
+  backbone = tf_keras.applications.MobileNetV2(input_shape=(size, size, 3),
+                                               include_top=False, weights=None)
+  converter = tf.lite.TFLiteConverter.from_keras_model(backbone)
+  converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  converter.representative_dataset = lambda: ([r / PIXEL_MAX * 2 - 1]
+                                              for r in representative)
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+  converter.inference_input_type = tf.int8
+  converter.inference_output_type = tf.int8
+  return converter.convert()
+
+
+def _interpreter_fn(contents, threads):
+  interpreter = Interpreter(model_content=contents, num_threads=threads)
+  interpreter.allocate_tensors()
+  detail = interpreter.get_input_details()[0]
+  interpreter.set_tensor(detail['index'], np.zeros(detail['shape'], detail['dtype']))
+  return interpreter.invoke
+
+
+def bench_tflite(args):
+  """Full TFLite detectors (post-process op included) vs an int8 MNv2 backbone."""
+  size = args.size
+  params = _detector_params(args.num_classes, size, args.fast_nms)
+  model = factory.build_ssdlite_model(params.task.model)
+  category_map = CategoryMap.from_ids(range(1, args.num_classes))
+  representative = _random_pixels(size, NUM_REPRESENTATIVE)
+  nms = ('fast (class-agnostic) NMS' if args.fast_nms else
+         f'regular NMS, score threshold {LATENCY_SCORE_THRESHOLD}')
+  fns = {}
+  for quant in ('fp32', 'int8'):
+    contents = tflite_convert.tflite_detector_bytes(
+        params, model, category_map, quant, representative if quant == 'int8' else None,
+        not args.fast_nms, 'benchmark')
+    threads = tflite_runtime.safe_num_threads(args.threads, args.num_classes - 1,
+                                              not args.fast_nms)
+    fns[f'SSDLite {quant} ({threads} threads)'] = _interpreter_fn(contents, threads)
+  backbone = f'int8 MNv2 backbone ({args.threads} threads)'
+  fns[backbone] = _interpreter_fn(_int8_backbone_bytes(size, representative), args.threads)
+  latencies = timing.interleaved_latency_ms(fns, rounds=args.rounds, runs=args.runs)
+  timing.print_table(f'TFLite latency, {size}x{size}, {args.num_classes} classes, {nms}, '
+                     'random weights', latencies, backbone)
+  int8 = [k for k in latencies if 'SSDLite int8' in k][0]
+  print(f'  -> int8 SSDLite / int8 backbone = {latencies[int8] / latencies[backbone]:.2f}x '
+        f'(target <= {TFLITE_TARGET_RATIO}x)')
+
+
+def bench_gflops(args):
+  """Dense matmul GFLOP/s (physical reference) vs our forward pass's GFLOP/s."""
+  n = MATMUL_SIZE
+  a = tf.random.uniform([n, n], seed=0)
+  b = tf.random.uniform([n, n], seed=1)
+  matmul = tf.function(lambda: tf.linalg.matmul(a, b))
+  params = _detector_params(args.num_classes, args.size, fast_nms=True)
+  model = factory.build_ssdlite_model(params.task.model)
+  shape = [1, args.size, args.size, 3]
+  madds = model_stats.count_madds(model_stats.raw_forward(model), shape)['total']
+  images = tf.random.uniform(shape, -1, 1, seed=0)
+  forward = tf.function(lambda x: model.raw_outputs(x, training=False))
+  fns = {f'matmul {n}x{n} float32': _fetch(matmul),
+         'SSDLite forward (TF graph)': _fetch(forward, images)}
+  latencies = timing.interleaved_latency_ms(fns, rounds=args.rounds, runs=args.runs)
+  matmul_gflops = FLOPS_PER_MADD * n ** 3 / (latencies[f'matmul {n}x{n} float32'] * 1e6)
+  ours = FLOPS_PER_MADD * madds / (latencies['SSDLite forward (TF graph)'] * 1e6)
+  print(f'\nGFLOP/s on this CPU ({os.cpu_count()} cores), float32, batch 1')
+  print(f'  matmul {n}x{n}: {latencies[f"matmul {n}x{n} float32"]:.2f} ms -> '
+        f'{matmul_gflops:.1f} GFLOP/s (physical reference)')
+  print(f'  SSDLite {args.size}x{args.size} forward: {madds / 1e9:.3f} GMAdds, '
+        f'{latencies["SSDLite forward (TF graph)"]:.2f} ms -> {ours:.1f} GFLOP/s '
+        f'({ours / matmul_gflops:.1%} of matmul)')
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -186,12 +291,21 @@ def main(argv=None):
   t.add_argument('--steps', type=int, default=10)
   t.add_argument('--data_dir', default='data/shapes',
                  help='synthetic set from `python -m mnv2_det.data.shapes DIR`')
-  for p in (b, d, t):
+  q = sub.add_parser('tflite')
+  g = sub.add_parser('gflops')
+  for p in (q, g):
+    p.add_argument('--size', type=int, default=320)
+    p.add_argument('--num_classes', type=int, default=91)
+  q.add_argument('--threads', type=int, default=2)
+  q.add_argument('--fast_nms', action=argparse.BooleanOptionalAction, default=True,
+                 help='class-agnostic NMS (default); --no-fast_nms: regular NMS with '
+                 f'score threshold {LATENCY_SCORE_THRESHOLD} (1 thread, LiteRT bug)')
+  for p in (b, d, t, q, g):
     p.add_argument('--rounds', type=int, default=3 if p is t else 5)
     p.add_argument('--runs', type=int, default=10)
   args = parser.parse_args(argv)
   {'backbone': bench_backbone, 'detector': bench_detector,
-   'train': bench_train}[args.command](args)
+   'train': bench_train, 'tflite': bench_tflite, 'gflops': bench_gflops}[args.command](args)
 
 
 if __name__ == '__main__':

@@ -1,4 +1,4 @@
-"""COCO box evaluation of a checkpoint with pycocotools.
+"""COCO box evaluation of a checkpoint or an exported model with pycocotools.
 
   python tools/eval.py --experiment ssdlite_mnv2_shapes --checkpoint runs/shapes \
       [--best] [--config_file x.yaml] [--params_override k=v,...] \
@@ -6,7 +6,12 @@
 
 --checkpoint is a prefix (runs/shapes/ckpt-1500) or a model_dir (its latest checkpoint,
 or best_ckpt/ with --best, and its params.yaml). Errors print one `error: ...` line and
-exit with code 2. See mnv2_det/tools_lib/evaluate.py.
+exit with code 2. --model takes an exported SavedModel folder or .tflite file instead:
+
+  python tools/eval.py --model out/model.tflite \
+      [--experiment E | --annotation_file val.json --image_dir val/] [--num_threads 2]
+
+See mnv2_det/tools_lib/evaluate.py.
 """
 
 import os

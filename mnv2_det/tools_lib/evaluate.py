@@ -39,11 +39,11 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 import tensorflow as tf
-import yaml
 
 import mnv2_det  # pylint: disable=unused-import  # registers backbone, task, experiments
 from mnv2_det.data import preprocess
 from mnv2_det.data.category_map import UNKNOWN, CategoryMap
+from mnv2_det.export import tflite
 from mnv2_det.tools_lib import checkpoints
 
 # COCOeval.stats order (REFERENCE.md).
@@ -65,6 +65,16 @@ DETECTION_KEYS = ('detection_boxes', 'detection_scores', 'detection_classes',
 # DETECTION_KEYS: boxes [B, K, 4] ORIGINAL-image pixels [ymin, xmin, ymax, xmax],
 # scores [B, K], classes [B, K] contiguous indices 1..num_classes-1, num_detections [B].
 DetectFn = Callable[[Any, Any], Mapping[str, Any]]
+# detect_image_fn(image uint8 [h, w, 3] RGB, original size) -> dict with DETECTION_KEYS
+# at batch 1: boxes [1, K, 4] original pixels [ymin, xmin, ymax, xmax], scores [1, K],
+# classes [1, K] DATASET category ids (-1 = padding / no id), num_detections [1]. The
+# `serving_default` contract of exported models (export/saved_model.py, tflite.py).
+ImageDetectFn = Callable[[np.ndarray], Mapping[str, Any]]
+FORMAT_SAVED_MODEL = 'saved_model'
+FORMAT_TFLITE = 'tflite'
+SAVED_MODEL_PROTO = 'saved_model.pb'
+TFLITE_SUFFIX = '.tflite'
+DEFAULT_TFLITE_THREADS = 2
 
 
 def model_detect_fn(model, input_size: Sequence[int]) -> DetectFn:
@@ -80,14 +90,15 @@ def model_detect_fn(model, input_size: Sequence[int]) -> DetectFn:
 
 
 def to_coco_results(source_ids, detections: Mapping[str, Any],
-                    category_map: CategoryMap) -> List[Dict[str, Any]]:
+                    category_map: Optional[CategoryMap]) -> List[Dict[str, Any]]:
   """Converts one batch of detections to COCO result dicts.
 
   Args:
     source_ids: `[B]` int COCO image ids.
     detections: DETECTION_KEYS arrays (numpy or eager tensors), boxes in original
       image pixels `[ymin, xmin, ymax, xmax]`, classes contiguous.
-    category_map: contiguous index -> dataset category id table.
+    category_map: contiguous index -> dataset category id table, or None when the
+      classes already are dataset ids (exported models; negative = padding).
 
   Returns:
     `[{image_id, category_id (dataset id), bbox [x, y, w, h] absolute, score}]`;
@@ -98,14 +109,17 @@ def to_coco_results(source_ids, detections: Mapping[str, Any],
   scores = np.asarray(detections['detection_scores'], np.float64)
   classes = np.asarray(detections['detection_classes']).astype(np.int64)
   counts = np.asarray(detections['num_detections']).astype(np.int64).reshape([-1])
-  to_dataset = category_map.to_dataset
   results = []
   for b, image_id in enumerate(np.asarray(source_ids).reshape([-1])):
     n = int(counts[b])
     cls = classes[b, :n]
-    valid = (cls >= 0) & (cls < len(to_dataset))
-    ids = np.full(cls.shape, UNKNOWN, np.int64)
-    ids[valid] = to_dataset[cls[valid]]
+    if category_map is None:
+      ids = np.where(cls >= 0, cls, UNKNOWN)
+    else:
+      to_dataset = category_map.to_dataset
+      valid = (cls >= 0) & (cls < len(to_dataset))
+      ids = np.full(cls.shape, UNKNOWN, np.int64)
+      ids[valid] = to_dataset[cls[valid]]
     for k in np.flatnonzero(ids != UNKNOWN):
       ymin, xmin, ymax, xmax = boxes[b, k]
       results.append({'image_id': int(image_id), 'category_id': int(ids[k]),
@@ -206,20 +220,78 @@ def evaluate(detect_fn: DetectFn, dataset, category_map: CategoryMap,
     num_detections, detect_seconds and images_per_second (detect_fn time only,
     excluding the first batch, which includes tracing, when there are more).
   """
+  _check_max_images(max_images)
+
+  def batches():
+    seen = 0
+    for images, labels in dataset:
+      source_ids = np.asarray(labels['source_id']).reshape([-1])
+      image_info = labels['image_info']
+      if max_images is not None:
+        keep = max_images - seen
+        if keep <= 0:
+          return
+        images, image_info, source_ids = images[:keep], image_info[:keep], source_ids[:keep]
+      seen += len(source_ids)
+      yield source_ids, lambda i=images, info=image_info: detect_fn(i, info)
+  return _run(batches(), category_map, annotation_file, detections_file)
+
+
+def read_original_images(groundtruth: COCO, image_dir: str,
+                         max_images: Optional[int] = None
+                         ) -> Iterable[Tuple[int, np.ndarray]]:
+  """Yields `(image id, uint8 [h, w, 3] RGB)` in the annotation file's image order.
+
+  Decoded exactly as the eval pipeline decodes (`preprocess.decode_image_rgb` of
+  `image_dir/file_name`); a missing file is a ValueError naming it.
+  """
+  for entry in groundtruth.dataset['images'][:max_images]:
+    path = os.path.join(image_dir, entry['file_name'])
+    if not os.path.isfile(path):
+      raise ValueError(f'image {path} (id {entry["id"]}) does not exist '
+                       f'(check --image_dir)')
+    yield int(entry['id']), preprocess.decode_image_rgb(tf.io.read_file(path)).numpy()
+
+
+def evaluate_images(detect_image_fn: ImageDetectFn, annotation_file: str,
+                    image_dir: str, max_images: Optional[int] = None,
+                    detections_file: Optional[str] = None) -> Dict[str, Any]:
+  """Runs `detect_image_fn` on every original image of `annotation_file`.
+
+  Args:
+    detect_image_fn: see ImageDetectFn (classes are DATASET ids).
+    annotation_file: COCO JSON; its `images` are read from `image_dir`.
+    image_dir: folder the images' `file_name`s are relative to.
+    max_images: evaluate only the first N images of the file (None: all).
+    detections_file: optional path to write the COCO results JSON.
+
+  Returns:
+    The `evaluate` report (images_per_second per single-image call, first excluded).
+  """
+  _check_max_images(max_images)
+  groundtruth = load_groundtruth(annotation_file)
+
+  def batches():
+    for image_id, image in read_original_images(groundtruth, image_dir, max_images):
+      yield np.array([image_id]), lambda im=image: detect_image_fn(im)
+  return _run(batches(), None, annotation_file, detections_file, groundtruth)
+
+
+def _check_max_images(max_images):
   if max_images is not None and max_images < 1:
     raise ValueError(f'max_images must be >= 1, got {max_images}')
-  groundtruth = load_groundtruth(annotation_file)
+
+
+def _run(batches, category_map: Optional[CategoryMap], annotation_file: str,
+         detections_file: Optional[str],
+         groundtruth: Optional[COCO] = None) -> Dict[str, Any]:
+  """Times each `(source_ids [B], run () -> detections)` batch, then COCOeval."""
+  if groundtruth is None:
+    groundtruth = load_groundtruth(annotation_file)
   results, image_ids, batch_times = [], [], []
-  for images, labels in dataset:
-    source_ids = np.asarray(labels['source_id']).reshape([-1])
-    image_info = labels['image_info']
-    if max_images is not None:
-      keep = max_images - len(image_ids)
-      if keep <= 0:
-        break
-      images, image_info, source_ids = images[:keep], image_info[:keep], source_ids[:keep]
+  for source_ids, run_batch in batches:
     start = time.perf_counter()
-    outputs = detect_fn(images, image_info)
+    outputs = run_batch()
     outputs = {k: np.asarray(outputs[k]) for k in DETECTION_KEYS}
     batch_times.append((time.perf_counter() - start, len(source_ids)))
     results.extend(to_coco_results(source_ids, outputs, category_map))
@@ -259,11 +331,68 @@ def format_report(report: Mapping[str, Any]) -> str:
   return '\n'.join(lines)
 
 
+# ----------------------------------------------------------------- exported models
+def exported_format(path: str) -> str:
+  """FORMAT_SAVED_MODEL or FORMAT_TFLITE of `path`; ValueError naming it otherwise."""
+  if os.path.isdir(path):
+    if os.path.isfile(os.path.join(path, SAVED_MODEL_PROTO)):
+      return FORMAT_SAVED_MODEL
+    raise ValueError(f'--model {path} is a folder without {SAVED_MODEL_PROTO} (not a '
+                     'SavedModel; evaluate checkpoints with --checkpoint)')
+  if not os.path.isfile(path):
+    raise ValueError(f'--model {path} does not exist')
+  if path.endswith(TFLITE_SUFFIX):
+    return FORMAT_TFLITE
+  raise ValueError(f'--model {path}: expected a SavedModel folder or a {TFLITE_SUFFIX} '
+                   'file')
+
+
+def saved_model_image_fn(path: str) -> ImageDetectFn:
+  """`serving_default` of an exported SavedModel (uint8 `[1, None, None, 3]`)."""
+  signature = tf.saved_model.load(path).signatures[
+      tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY]
+
+  def detect(image):
+    return signature(images=tf.constant(image[np.newaxis], tf.uint8))
+  return detect
+
+
+def tflite_image_fn(path: str, num_threads: int) -> ImageDetectFn:
+  """An exported .tflite via `TFLiteDetector` (host-side resize, dataset ids)."""
+  return tflite.TFLiteDetector(path, num_threads=num_threads)
+
+
+def exported_image_fn(path: str, num_threads: int) -> ImageDetectFn:
+  """ImageDetectFn of a SavedModel folder or .tflite file (`exported_format`)."""
+  if exported_format(path) == FORMAT_SAVED_MODEL:
+    return saved_model_image_fn(path)
+  return tflite_image_fn(path, num_threads)
+
+
+def _validation_files(args) -> Tuple[str, str]:
+  """(annotation file, image dir) for --model: flags first, else the experiment's."""
+  annotation_file, image_dir = args.annotation_file, args.image_dir
+  if not (annotation_file and image_dir):
+    if not args.experiment:
+      raise ValueError(f'--model {args.model}: give --annotation_file and --image_dir, '
+                       'or --experiment (+ overrides) naming the validation data')
+    params_file = os.path.join(args.model, checkpoints.PARAMS_FILE)
+    params = checkpoints.build_params(
+        args.experiment, params_file if os.path.isfile(params_file) else None,
+        args.config_file, args.params_override)
+    data = params.task.validation_data
+    annotation_file = annotation_file or params.task.annotation_file or data.annotation_file
+    image_dir = image_dir or data.image_dir
+  if not os.path.isdir(image_dir or ''):
+    raise ValueError(f'image dir {image_dir!r} does not exist (--image_dir or '
+                     'task.validation_data.image_dir)')
+  return annotation_file, image_dir
+
+
 # ----------------------------------------------------------------- CLI
-def run(args) -> Dict[str, Any]:
-  """Evaluates a checkpoint (see add_model_arguments); returns the report."""
-  params, checkpoint = params_and_checkpoint(args)
-  task, model = load_task_and_model(params, checkpoint)
+def _evaluate_checkpoint(args) -> Dict[str, Any]:
+  params, checkpoint = checkpoints.params_and_checkpoint(args)
+  task, model = checkpoints.load_task_and_model(params, checkpoint)
   data = params.task.validation_data
   annotation_file = params.task.annotation_file or data.annotation_file
   if not annotation_file:
@@ -273,7 +402,25 @@ def run(args) -> Dict[str, Any]:
   detect = model_detect_fn(model, params.task.model.input_size)
   report = evaluate(detect, dataset, task.category_map, annotation_file,
                     max_images=args.max_images, detections_file=args.detections)
-  report = {'checkpoint': checkpoint, 'experiment': args.experiment, **report}
+  return {'checkpoint': checkpoint, 'experiment': args.experiment, **report}
+
+
+def _evaluate_exported(args) -> Dict[str, Any]:
+  model_format = exported_format(args.model)
+  annotation_file, image_dir = _validation_files(args)
+  detect = exported_image_fn(args.model, args.num_threads)
+  report = evaluate_images(detect, annotation_file, image_dir,
+                           max_images=args.max_images, detections_file=args.detections)
+  return {'model': args.model, 'format': model_format, **report}
+
+
+def run(args) -> Dict[str, Any]:
+  """Evaluates --checkpoint or --model (module docstring); prints, returns the report."""
+  if bool(args.checkpoint) == bool(args.model):
+    raise ValueError('give exactly one of --checkpoint (with --experiment) and --model')
+  if args.checkpoint and not args.experiment:
+    raise ValueError(f'--checkpoint {args.checkpoint} needs --experiment')
+  report = _evaluate_checkpoint(args) if args.checkpoint else _evaluate_exported(args)
   print(format_report(report))
   if args.report:
     with open(args.report, 'w', encoding='utf-8') as f:
@@ -281,10 +428,21 @@ def run(args) -> Dict[str, Any]:
   return report
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argument_parser(__doc__)
+def main_parser():
+  """The tools/eval.py flags."""
+  parser = checkpoints.argument_parser(__doc__, checkpoint_required=False)
+  parser.add_argument('--model', help='exported SavedModel folder or .tflite file')
+  parser.add_argument('--annotation_file', help='with --model: COCO JSON to evaluate on')
+  parser.add_argument('--image_dir', help='with --model: folder of its images')
+  parser.add_argument('--num_threads', type=int, default=DEFAULT_TFLITE_THREADS,
+                      help='TFLite interpreter threads (lowered for the LiteRT '
+                      'regular-NMS bug, see export/tflite.py)')
   parser.add_argument('--report', help='write the JSON report here')
   parser.add_argument('--detections', help='write the COCO results JSON here')
   parser.add_argument('--max_images', type=int, help='evaluate the first N images')
-  args = parser.parse_args(argv)
-  return run_cli(lambda: run(args))
+  return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = main_parser().parse_args(argv)
+  return checkpoints.run_cli(lambda: run(args))

@@ -1,7 +1,7 @@
 """Tests for mnv2_det.tools_lib.evaluate and tools/eval.py (pycocotools evaluation).
 
 The checkpoint fixture is a tiny detector (128x128, multiplier 0.35) with deterministic
-spread-out weights (`_spread_weights`, as tests/test_export.py), so its sigmoid scores
+spread-out weights (`detector_weights.spread_weights`, as tests/test_export.py), so its sigmoid scores
 are distinct and top-k comparisons between the checkpoint, its SavedModel and its
 fp32 TFLite mean something. Its AP on the real labels is 0 (untrained), which would make
 "exported AP == checkpoint AP" vacuous, so the exported models are compared (1)
@@ -29,6 +29,7 @@ from mnv2_det.export import saved_model
 from mnv2_det.export import tflite_convert
 from mnv2_det.tools_lib import checkpoints
 from mnv2_det.tools_lib import evaluate
+from detector_weights import spread_weights
 
 EXPERIMENT = 'ssdlite_mnv2_shapes'
 SHAPES_IDS = [1, 3, 7, 9, 12]  # non-contiguous dataset ids of the shapes set
@@ -193,33 +194,12 @@ def test_groundtruth_without_area_and_iscrowd(tmp_path):
     evaluate.coco_evaluate(gt, [], [7, 8], path)
 
 
-def _spread_weights(model, seed=0):
-  """He-normal convs, identity BN, class biases ~ -2 (background -6): distinct scores."""
-  rng = np.random.default_rng(seed)
-  for v in model.variables:
-    name, shape = v.name, v.shape.as_list()
-    if 'moving_variance' in name or 'gamma' in name:
-      value = np.ones(shape)
-    elif 'moving_mean' in name or 'beta' in name:
-      value = np.zeros(shape)
-    elif name.endswith('bias:0'):
-      value = np.zeros(shape)
-      if 'class' in name:  # anchor-major channels; channel 0 of each anchor = background
-        value = rng.uniform(-2.5, -1.5, shape)
-        value[::NUM_CLASSES] = -6.0
-    else:
-      fan_in = np.prod(shape[:2]) if 'depthwise' in name else np.prod(shape[:-1])
-      std = np.sqrt(2.0 / fan_in) * (0.3 if 'predictor' in name else 1.0)
-      value = rng.normal(0.0, std, shape)
-    v.assign(value.astype(np.float32))
-
-
 @pytest.fixture(scope='module')
 def trained_like(task_and_params):
-  """The tiny model with `_spread_weights` (built once, shared by the fixtures)."""
+  """The tiny model with `detector_weights.spread_weights` (built once, shared by the fixtures)."""
   task, _ = task_and_params
   model = task.build_model()
-  _spread_weights(model)
+  spread_weights(model, NUM_CLASSES)
   return model
 
 

@@ -1,7 +1,7 @@
 """SavedModel / TFLite export: equality with the in-process model, int8, bad input.
 
 One tiny detector (128x128 input, depth multiplier 0.35) with deterministic,
-non-degenerate weights (`_set_weights`: He-normal convs, unit BN, class biases that
+non-degenerate weights (`detector_weights.spread_weights`: He-normal convs, unit BN, class biases that
 let every class compete), so sigmoid scores are spread out (~0.5-0.7, distinct)
 instead of the near-uniform prior of a fresh model, and top-k comparisons mean
 something. Its checkpoint is written with tf.train.Checkpoint(model=...) as the Model
@@ -28,6 +28,7 @@ from mnv2_det.export import tflite_convert
 from mnv2_det.export import tflite_postprocess
 from mnv2_det.tools_lib import checkpoints
 from mnv2_det.tools_lib import evaluate
+from detector_weights import spread_weights
 
 EXPERIMENT = 'ssdlite_mnv2_shapes'
 INPUT = 128
@@ -50,27 +51,6 @@ def _overrides(data_dir):
   ])
 
 
-def _set_weights(model, seed=0):
-  """Deterministic weights with O(1) activations and spread-out class scores."""
-  rng = np.random.default_rng(seed)
-  for v in model.variables:
-    name, shape = v.name, v.shape.as_list()
-    if 'moving_variance' in name or 'gamma' in name:
-      value = np.ones(shape)
-    elif 'moving_mean' in name or 'beta' in name:
-      value = np.zeros(shape)
-    elif name.endswith('bias:0'):
-      value = np.zeros(shape)
-      if 'class' in name:  # Anchor-major channels: background -6, classes ~ -2.
-        value = rng.uniform(-2.5, -1.5, shape)
-        value[::NUM_CLASSES] = -6.0
-    else:
-      fan_in = np.prod(shape[:2]) if 'depthwise' in name else np.prod(shape[:-1])
-      std = np.sqrt(2.0 / fan_in) * (0.3 if 'predictor' in name else 1.0)
-      value = rng.normal(0.0, std, shape)
-    v.assign(value.astype(np.float32))
-
-
 def _image(seed, hw=IMAGE_HW):
   """Smooth random uint8 RGB image (upsampled noise)."""
   rng = np.random.default_rng(seed)
@@ -86,7 +66,7 @@ def setup(tmp_path_factory):
   params = checkpoints.build_params(EXPERIMENT, params_override=override)
   task = task_factory.get_task(params.task)
   model = task.build_model()
-  _set_weights(model)
+  spread_weights(model, NUM_CLASSES)
   ckpt_dir = tmp_path_factory.mktemp('ckpt')
   prefix = tf.train.Checkpoint(model=model).write(str(ckpt_dir / 'ckpt-1'))
   return dict(params=params, task=task, model=model, prefix=prefix, override=override,

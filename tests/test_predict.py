@@ -27,6 +27,7 @@ from mnv2_det.export import serving_inputs
 from mnv2_det.export import tflite_convert
 from mnv2_det.tools_lib import checkpoints
 from mnv2_det.tools_lib import predict
+from detector_weights import spread_weights
 
 EXPERIMENT = 'ssdlite_mnv2_shapes'
 INPUT = 128
@@ -39,27 +40,6 @@ UINT16_PER_UINT8 = 257  # 65535 / 255: 16-bit value of an 8-bit grey level.
 GOOD_NAMES = ('val_000000.jpg', 'val_000001.jpg', 'gray.png', 'gray_rgb.png',
               'gray16.png', 'rgb.png', 'rgba.png')
 BAD_NAMES = ('corrupt.jpg', 'empty.png', 'notes.png')
-
-
-def _set_weights(model, seed=0):
-  """Deterministic weights: O(1) activations, class scores spread over ~0.5-0.7."""
-  rng = np.random.default_rng(seed)
-  for v in model.variables:
-    name, shape = v.name, v.shape.as_list()
-    if 'moving_variance' in name or 'gamma' in name:
-      value = np.ones(shape)
-    elif 'moving_mean' in name or 'beta' in name:
-      value = np.zeros(shape)
-    elif name.endswith('bias:0'):
-      value = np.zeros(shape)
-      if 'class' in name:  # Anchor-major channels: background -6, classes ~ -2.
-        value = rng.uniform(-2.5, -1.5, shape)
-        value[::NUM_CLASSES] = -6.0
-    else:
-      fan_in = np.prod(shape[:2]) if 'depthwise' in name else np.prod(shape[:-1])
-      std = np.sqrt(2.0 / fan_in) * (0.3 if 'predictor' in name else 1.0)
-      value = rng.normal(0.0, std, shape)
-    v.assign(value.astype(np.float32))
 
 
 def _overrides(data_dir):
@@ -81,7 +61,7 @@ def setup(tmp_path_factory):
   params = checkpoints.build_params(EXPERIMENT, params_override=override)
   task = task_factory.get_task(params.task)
   model = task.build_model()
-  _set_weights(model)
+  spread_weights(model, NUM_CLASSES)
   prefix = tf.train.Checkpoint(model=model).write(
       str(tmp_path_factory.mktemp('ckpt') / 'ckpt-1'))
   images = tmp_path_factory.mktemp('images')

@@ -26,6 +26,7 @@ from mnv2_det.export import tflite
 from mnv2_det.export import tflite_convert
 from mnv2_det.tools_lib import checkpoints
 from mnv2_det.tools_lib import evaluate
+from detector_weights import spread_weights
 
 EXPERIMENT = 'ssdlite_mnv2_shapes'
 INPUT = 128
@@ -45,27 +46,6 @@ MIN_MATCHED_FRACTION = 0.8
 MIN_MEDIAN_IOU = 0.85
 MAX_MEDIAN_SCORE_DIFF = 0.05
 MAX_AP_GAP = 0.35
-
-
-def _spread_weights(model, seed=0):
-  """Deterministic weights with O(1) activations and distinct class scores."""
-  rng = np.random.default_rng(seed)
-  for v in model.variables:
-    name, shape = v.name, v.shape.as_list()
-    if 'moving_variance' in name or 'gamma' in name:
-      value = np.ones(shape)
-    elif 'moving_mean' in name or 'beta' in name:
-      value = np.zeros(shape)
-    elif name.endswith('bias:0'):
-      value = np.zeros(shape)
-      if 'class' in name:  # anchor-major channels; channel 0 of each anchor = background
-        value = rng.uniform(-2.5, -1.5, shape)
-        value[::NUM_CLASSES] = -6.0
-    else:
-      fan_in = np.prod(shape[:2]) if 'depthwise' in name else np.prod(shape[:-1])
-      std = np.sqrt(2.0 / fan_in) * (0.3 if 'predictor' in name else 1.0)
-      value = rng.normal(0.0, std, shape)
-    v.assign(value.astype(np.float32))
 
 
 def _iou_xywh(box, boxes):
@@ -101,7 +81,7 @@ def models(tmp_path_factory):
   params = checkpoints.build_params(EXPERIMENT, params_override=override)
   task = task_factory.get_task(params.task)
   model = task.build_model()
-  _spread_weights(model)
+  spread_weights(model, NUM_CLASSES)
   paths = {}
   for quant in ('fp32', 'int8'):
     representative = (tflite_convert.representative_images(

@@ -240,6 +240,17 @@ def _assemble(dataset, decode_fn, parser, batch_size, shuffle_buffer, is_trainin
   return dataset.with_options(options)
 
 
+def _make_parser(output_size, category_map, is_training, augment_images,
+                 include_groundtruths, **kwargs) -> Parser:
+  """A Parser whose unset (None) switches follow `is_training`: augment when training,
+  include groundtruths when evaluating."""
+  return Parser(output_size, category_map,
+                augment_images=is_training if augment_images is None else augment_images,
+                include_groundtruths=(not is_training if include_groundtruths is None
+                                      else include_groundtruths),
+                **kwargs)
+
+
 def build_dataset_from_coco(coco: coco_reader.CocoDataset, is_training: bool,
                             batch_size: int, output_size,
                             anchor_labeler: Optional[AnchorLabeler] = None,
@@ -259,13 +270,10 @@ def build_dataset_from_coco(coco: coco_reader.CocoDataset, is_training: bool,
   if not coco.records:
     raise ValueError(f'{coco.annotation_file}: no usable images (skipped '
                      f'{len(coco.stats.skipped_images)})')
-  parser = Parser(output_size, coco.category_map,
-                  augment_images=is_training if augment_images is None else augment_images,
-                  include_groundtruths=(not is_training if include_groundtruths is None
-                                        else include_groundtruths),
-                  anchor_labeler=anchor_labeler, resize_mode=resize_mode,
-                  max_num_instances=max_num_instances, random_crop=random_crop,
-                  random_flip=random_flip)
+  parser = _make_parser(output_size, coco.category_map, is_training, augment_images,
+                        include_groundtruths, anchor_labeler=anchor_labeler,
+                        resize_mode=resize_mode, max_num_instances=max_num_instances,
+                        random_crop=random_crop, random_flip=random_flip)
   dataset = tf.data.Dataset.from_tensor_slices(_record_slices(coco.records))
   return _assemble(dataset, _load_image, parser, batch_size, len(coco.records),
                    is_training, seed, repeat, shuffle, deterministic, drop_remainder,
@@ -330,13 +338,10 @@ def build_dataset_from_tfrecords(file_pattern: str, category_map: CategoryMap,
 
   `kwargs`: repeat, shuffle, deterministic, drop_remainder as build_dataset.
   """
-  parser = Parser(output_size, category_map,
-                  augment_images=is_training if augment_images is None else augment_images,
-                  include_groundtruths=(not is_training if include_groundtruths is None
-                                        else include_groundtruths),
-                  anchor_labeler=anchor_labeler, resize_mode=resize_mode,
-                  max_num_instances=max_num_instances, random_crop=random_crop,
-                  random_flip=random_flip)
+  parser = _make_parser(output_size, category_map, is_training, augment_images,
+                        include_groundtruths, anchor_labeler=anchor_labeler,
+                        resize_mode=resize_mode, max_num_instances=max_num_instances,
+                        random_crop=random_crop, random_flip=random_flip)
   dataset = tf.data.TFRecordDataset(tfrecord_reader.list_files(file_pattern))
   return _assemble(dataset, tfrecord_reader.make_decode_fn(category_map), parser,
                    batch_size, shuffle_buffer, is_training, seed, **kwargs)

@@ -1,7 +1,8 @@
 """End to end, sized for CI: tools/train.py trains SSDLite on a synthetic shapes split and
 Model Garden's COCOEvaluator (pycocotools) scores the held-out val split; then eval-mode
 (moving BN statistics) and train-mode (batch statistics) detections on training images
-must agree, which a model with unwired BN updates fails."""
+must agree, which a model with unwired BN updates fails; and the int8 TFLite export of
+the trained model must keep its val AP close to the fp32 export's."""
 
 import json
 import os
@@ -15,8 +16,12 @@ import yaml
 
 import mnv2_det  # pylint: disable=unused-import
 from mnv2_det.data import shapes
+from mnv2_det.export import loader
+from mnv2_det.export import tflite
+from mnv2_det.export import tflite_convert
 from mnv2_det.ops import anchors as anchor_ops
 from mnv2_det.ops import postprocess
+from mnv2_det.tools_lib import evaluate
 from official.core import exp_factory
 from official.core import task_factory
 from official.vision.evaluation import coco_evaluator
@@ -26,6 +31,11 @@ TRAIN_STEPS = 500
 MIN_VAL_AP50 = 0.5
 # Eval-mode AP50 on training images may trail train-mode AP50 by at most this much.
 BN_AP50_TOLERANCE = 0.1
+# int8 (full-integer, calibrated on training images) vs fp32 TFLite AP@[.5:.95] on the
+# 64 val images. The product target is 1.0 point on the full val split; this small,
+# weaker model and split get MAX_INT8_AP_DROP (measured: see the test's print).
+MAX_INT8_AP_DROP = 0.03
+REPRESENTATIVE_IMAGES = 64
 
 
 @pytest.fixture(scope='module')
@@ -103,3 +113,21 @@ def test_eval_mode_agrees_with_train_mode_on_training_images(trained):
   # The moving statistics really moved off their initial values.
   bn = model.backbone.get_layer('block_13_expand_BN')
   assert not np.allclose(bn.moving_variance.numpy(), 1.0)
+
+
+def test_int8_tflite_keeps_val_ap_of_fp32(trained, tmp_path):
+  loaded = loader.load_detector('ssdlite_mnv2_shapes', str(trained))
+  val = loaded.params.task.validation_data
+  representative = tflite_convert.representative_images(
+      loaded.task, loaded.params, REPRESENTATIVE_IMAGES)
+  ap = {}
+  for quant in ('fp32', 'int8'):
+    path = tflite_convert.export_tflite(
+        loaded.params, loaded.model, loaded.category_map, str(tmp_path / f'{quant}.tflite'),
+        quant, representative=representative if quant == 'int8' else None)
+    report = evaluate.evaluate_images(tflite.TFLiteDetector(path), val.annotation_file,
+                                      val.image_dir)
+    ap[quant] = report['stats']['AP']
+  print(f'val AP: TFLite fp32 {ap["fp32"]:.4f}, int8 {ap["int8"]:.4f}')
+  assert ap['fp32'] > 0.2  # a trained model, so the comparison means something
+  assert ap['int8'] >= ap['fp32'] - MAX_INT8_AP_DROP

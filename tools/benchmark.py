@@ -118,6 +118,9 @@ def bench_detector(args):
   print(f'  -> mnv2_det full / {mg_full_name} = {ours / latencies[mg_full_name]:.2f}x')
 
 
+TRAIN_TARGET_RATIO = 1.3
+
+
 def _images_per_second(step_fn, batch, warmup, steps):
   for _ in range(warmup):
     step_fn()
@@ -182,9 +185,6 @@ def bench_train(args):
   print(f'  -> mnv2_det / MG = {ratio:.2f}x (target >= {TRAIN_TARGET_RATIO}x)')
 
 
-TRAIN_TARGET_RATIO = 1.3
-
-
 def bench_train_cli(args):
   """Training images/s with everything `tools/train.py` does (input pipeline,
   train_lib + orbit loop, summaries): ours vs MG RetinaNet-MNv2, same TFRecords."""
@@ -193,7 +193,7 @@ def bench_train_cli(args):
   records = os.path.join(workdir, 'train.tfrecord')
   count = train_benchmark.write_tfrecord(
       os.path.join(args.data_dir, 'annotations/instances_train.json'),
-      os.path.join(args.data_dir, 'train'), records)
+      os.path.join(args.data_dir, 'train'), records, args.max_images)
   data = {'input_path': records, 'global_batch_size': batch}
   trainer = train_benchmark.trainer_overrides(args.steps, args.steps_per_loop)
   ours = {'task': {
@@ -335,6 +335,8 @@ def main(argv=None):
                  help='first progress lines dropped (tracing, warm-up)')
   c.add_argument('--data_dir', default='data/shapes',
                  help='synthetic set from `python -m mnv2_det.data.shapes DIR`')
+  c.add_argument('--max_images', type=int, default=512,
+                 help='training images written to the shared TFRecord')
   c.add_argument('--rounds', type=int, default=2)
   q = sub.add_parser('tflite')
   g = sub.add_parser('gflops')

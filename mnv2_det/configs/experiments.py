@@ -74,6 +74,8 @@ def ssdlite_mnv2_shapes() -> cfg.ExperimentConfig:
   output would be junk); Adam (peak lr 0.016, chosen over 0.002 and 0.008 by val AP50
   after 500 steps: 0.21 / 0.54 / 0.62 on the CI split) with cosine decay; no SSD random
   crop (it slowed convergence on this schedule: val AP50 0.10 vs 0.16 after 250 steps).
+  Made for the generator's default 4096-image train split: on 512 images the same run
+  overfits (train AP 0.84, val AP 0.54); on 4096 it ends at val AP 0.64.
   """
   train_steps = 2400
   batch = 16

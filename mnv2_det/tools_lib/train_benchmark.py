@@ -27,8 +27,10 @@ TRAIN_TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), 'tools', 'train.py')
 
 
-def write_tfrecord(annotation_file: str, image_dir: str, output_path: str) -> int:
-  """Writes every image of `annotation_file` as one Model Garden tf.Example.
+def write_tfrecord(annotation_file: str, image_dir: str, output_path: str,
+                   max_images: int) -> int:
+  """Writes the first `max_images` images of `annotation_file` as Model Garden
+  tf.Examples.
 
   Returns:
     the number of examples written.
@@ -40,12 +42,12 @@ def write_tfrecord(annotation_file: str, image_dir: str, output_path: str) -> in
     by_image.setdefault(ann['image_id'], []).append(ann)
   names = {c['id']: c['name'] for c in coco['categories']}
   with tf.io.TFRecordWriter(output_path) as writer:
-    for image in coco['images']:
+    for image in coco['images'][:max_images]:
       example, _ = create_coco_tf_record.create_tf_example(
           image, [image_dir], bbox_annotations=by_image.get(image['id'], []),
           id_to_name_map=names)
       writer.write(example.SerializeToString())
-  return len(coco['images'])
+  return len(coco['images'][:max_images])
 
 
 def trainer_overrides(steps: int, steps_per_loop: int) -> dict:

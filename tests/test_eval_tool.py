@@ -356,3 +356,31 @@ def test_cli_model_errors(exported, model_dir, tmp_path, capsys):
   assert '--annotation_file' in err and '--experiment' in err
   err = _run_cli_expecting_error(['--model', str(tmp_path)], capsys)
   assert str(tmp_path) in err and 'saved_model.pb' in err
+
+
+def _damaged_val_copy(data, tmp_path):
+  """A copy of the val images with a corrupt JPEG, a 0-byte file and a missing file."""
+  image_dir = tmp_path / 'val'
+  shutil.copytree(data['val_images'], image_dir)
+  with open(data['val_annotations'], encoding='utf-8') as f:
+    names = [image['file_name'] for image in json.load(f)['images'][:3]]
+  (image_dir / names[0]).write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
+  (image_dir / names[1]).write_bytes(b'')
+  (image_dir / names[2]).unlink()
+  return str(image_dir), names
+
+
+def test_unreadable_val_images_are_skipped_and_counted(model_dir, exported, data, tmp_path,
+                                                       capsys, caplog):
+  image_dir, names = _damaged_val_copy(data, tmp_path)
+  reports = [
+      _eval_cli(['--experiment', EXPERIMENT, '--checkpoint', model_dir, '--params_override',
+                 f'task.validation_data.image_dir={image_dir}']),
+      _eval_cli(['--model', exported['tflite'], '--annotation_file',
+                 data['val_annotations'], '--image_dir', image_dir])]
+  for report in reports:
+    assert report['num_images'] == NUM_VAL - len(names)
+    assert report['images_not_evaluated'] == len(names)
+  assert capsys.readouterr().out.count(f'skipped {len(names)} unreadable image(s)') == 2
+  for name in names:
+    assert name in caplog.text

@@ -35,12 +35,14 @@ import os
 import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from absl import logging
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 import tensorflow as tf
 
 import mnv2_det  # pylint: disable=unused-import  # registers backbone, task, experiments
+from mnv2_det.data import image_check
 from mnv2_det.data import preprocess
 from mnv2_det.data.category_map import UNKNOWN, CategoryMap
 from mnv2_det.export import tflite
@@ -234,7 +236,8 @@ def evaluate(detect_fn: DetectFn, dataset, category_map: CategoryMap,
         images, image_info, source_ids = images[:keep], image_info[:keep], source_ids[:keep]
       seen += len(source_ids)
       yield source_ids, lambda i=images, info=image_info: detect_fn(i, info)
-  return _run(batches(), category_map, annotation_file, detections_file)
+  return _run(batches(), category_map, annotation_file, detections_file,
+              max_images=max_images)
 
 
 def read_original_images(groundtruth: COCO, image_dir: str,
@@ -243,13 +246,16 @@ def read_original_images(groundtruth: COCO, image_dir: str,
   """Yields `(image id, uint8 [h, w, 3] RGB)` in the annotation file's image order.
 
   Decoded exactly as the eval pipeline decodes (`preprocess.decode_image_rgb` of
-  `image_dir/file_name`); a missing file is a ValueError naming it.
+  `image_dir/file_name`). Files that fail `image_check` (missing, empty, corrupt, not
+  the annotated size) are skipped with a warning naming them, as the checkpoint path's
+  COCO reader does; `_run` reports how many were not evaluated.
   """
   for entry in groundtruth.dataset['images'][:max_images]:
     path = os.path.join(image_dir, entry['file_name'])
-    if not os.path.isfile(path):
-      raise ValueError(f'image {path} (id {entry["id"]}) does not exist '
-                       f'(check --image_dir)')
+    reason = image_check.check_image(path, int(entry['height']), int(entry['width']))
+    if reason is not None:
+      logging.warning('skipped image %s (id %s): %s', path, entry['id'], reason)
+      continue
     yield int(entry['id']), preprocess.decode_image_rgb(tf.io.read_file(path)).numpy()
 
 
@@ -274,7 +280,8 @@ def evaluate_images(detect_image_fn: ImageDetectFn, annotation_file: str,
   def batches():
     for image_id, image in read_original_images(groundtruth, image_dir, max_images):
       yield np.array([image_id]), lambda im=image: detect_image_fn(im)
-  return _run(batches(), None, annotation_file, detections_file, groundtruth)
+  return _run(batches(), None, annotation_file, detections_file, groundtruth,
+              max_images=max_images)
 
 
 def _check_max_images(max_images):
@@ -283,9 +290,14 @@ def _check_max_images(max_images):
 
 
 def _run(batches, category_map: Optional[CategoryMap], annotation_file: str,
-         detections_file: Optional[str],
-         groundtruth: Optional[COCO] = None) -> Dict[str, Any]:
-  """Times each `(source_ids [B], run () -> detections)` batch, then COCOeval."""
+         detections_file: Optional[str], groundtruth: Optional[COCO] = None,
+         max_images: Optional[int] = None) -> Dict[str, Any]:
+  """Times each `(source_ids [B], run () -> detections)` batch, then COCOeval.
+
+  `images_not_evaluated` counts the annotation file's images (its first `max_images`)
+  that never reached the detector: unreadable files the readers skipped (their
+  warnings name them). COCOeval scores only the evaluated images.
+  """
   if groundtruth is None:
     groundtruth = load_groundtruth(annotation_file)
   results, image_ids, batch_times = [], [], []
@@ -297,10 +309,13 @@ def _run(batches, category_map: Optional[CategoryMap], annotation_file: str,
     results.extend(to_coco_results(source_ids, outputs, category_map))
     image_ids.extend(int(i) for i in source_ids)
   if not image_ids:
-    raise ValueError(f'the dataset for {annotation_file} yielded no images')
+    raise ValueError(f'the dataset for {annotation_file} yielded no images (all '
+                     'unreadable? see the warnings)')
   timed = batch_times[1:] if len(batch_times) > 1 else batch_times
   seconds = sum(t for t, _ in timed)
+  expected = len(groundtruth.dataset['images'][:max_images])
   report = {'annotation_file': annotation_file, 'num_images': len(image_ids),
+            'images_not_evaluated': max(expected - len(image_ids), 0),
             'num_detections': len(results)}
   report.update(coco_evaluate(groundtruth, results, image_ids, annotation_file))
   report['detect_seconds'] = sum(t for t, _ in batch_times)
@@ -320,6 +335,9 @@ def format_report(report: Mapping[str, Any]) -> str:
   """Human-readable stats by name, per-class table and speed."""
   lines = [f'{report["num_images"]} images, {report["num_detections"]} detections, '
            f'{report["images_per_second"]:.2f} images/s']
+  if report.get('images_not_evaluated'):
+    lines.append(f'skipped {report["images_not_evaluated"]} unreadable image(s) of '
+                 f'{report["annotation_file"]} (named in the warnings); stats cover the rest')
   lines += [f'{name:9s}{_fmt(value)}' for name, value in report['stats'].items()]
   lines.append(f'{"class":16s}{"id":>5s}{"#gt":>6s}{"AP":>8s}{"AP50":>8s}')
   for row in report['per_class']:

@@ -224,6 +224,35 @@ def test_int8_export_runs(setup, fp32_tflite):
   assert os.path.getsize(path) < 0.5 * os.path.getsize(fp32_tflite)
 
 
+def test_int8_graph_clips_each_level_before_the_shared_concat(setup):
+  s = setup
+  post = tflite_convert.postprocess_config(s['params'])
+  size = s['params'].task.model.input_size
+  pixels = tf.constant(_image(3, hw=(INPUT, INPUT)), tf.float32)[tf.newaxis]
+  head = s['model'].head
+  kernels = [w for w in head.trainable_weights if 'predictor' in w.name and 'kernel' in w.name]
+  saved = [w.numpy() for w in kernels]
+  try:
+    for w in kernels:  # blow the outputs up far past both clip bounds
+      w.assign(w * 200.0)
+    outputs = {}
+    for clip in (False, True):
+      graph = tflite_convert.TFLiteGraph(s['model'], size, NUM_CLASSES, post,
+                                         clip_outputs=clip)
+      outputs[clip] = [t.numpy() for t in graph.raw_outputs(pixels)]
+  finally:
+    for w, value in zip(kernels, saved):
+      w.assign(value)
+  (codes, scores), (clipped_codes, clipped_scores) = outputs[False], outputs[True]
+  assert np.abs(codes).max() > tflite_convert.INT8_BOX_CODE_CLIP
+  assert np.abs(clipped_codes).max() == pytest.approx(tflite_convert.INT8_BOX_CODE_CLIP)
+  bound = 1 / (1 + np.exp(-tflite_convert.INT8_LOGIT_CLIP))
+  assert scores.max() > bound or scores.min() < 1 - bound
+  assert 1 - bound - 1e-6 <= clipped_scores.min() and clipped_scores.max() <= bound + 1e-6
+  inside = np.abs(codes) < tflite_convert.INT8_BOX_CODE_CLIP
+  np.testing.assert_allclose(clipped_codes[inside], codes[inside], rtol=1e-5, atol=1e-5)
+
+
 # ----------------------------------------------------------------- bad input
 def test_int8_without_representative_data_raises(setup, tmp_path):
   s = setup

@@ -1,17 +1,13 @@
-"""int8 vs fp32 TFLite detector: detection agreement and AP gap on a synthetic val split.
+"""int8 vs fp32 TFLite detector: detection agreement on a synthetic val split.
 
-An untrained model's AP on real labels is ~0, so "int8 AP within x of float" would be
-vacuous. Instead one tiny detector (128x128, multiplier 0.35) with deterministic
+(int8 vs fp32 val AP of a TRAINED model is tests/test_e2e_shapes.py.) Here one tiny
+detector (128x128, multiplier 0.35) with deterministic
 spread-out weights (as tests/test_export.py: He-normal convs, identity BN, class
 biases ~ -2, background -6) is exported fp32 and int8 (full-integer body, calibrated on
 REPRESENTATIVE_IMAGES training images), and on the val images:
-  1. detection agreement: each of the fp32 model's top TOP_K detections per image is
-     matched to the int8 detection of the same class with the highest IoU;
-  2. AP gap on PSEUDO ground truth = the fp32 model's top PSEUDO_GT_PER_IMAGE
-     detections per image (fp32 AP there is high by construction; int8 must reproduce
-     boxes, classes and the score ranking to keep it).
-Tolerances are set from measured values (in comments) with margin. On the trained
-shapes run (runs/shapes, measured by hand, not a test dependency) see the report.
+each of the fp32 model's top TOP_K detections per image is matched to the int8
+detection of the same class with the highest IoU. Tolerances are set from measured values
+with margin.
 """
 
 import json
@@ -35,17 +31,12 @@ NUM_CLASSES = 7  # shapes experiment: background + 5 categories + 1 spare slot
 NUM_VAL = 8
 REPRESENTATIVE_IMAGES = 8
 TOP_K = 10
-PSEUDO_GT_PER_IMAGE = 3
 MATCH_IOU = 0.5
-# Tolerances, from values measured on this fixture with margin. The random-weight
-# model's scores sit in a narrow band (sigmoid of ~-2 +- noise), so small int8 score
-# errors reorder detections across images: AP@[.5:.95] on the pseudo ground truth
-# measured fp32 0.928 vs int8 0.656 (gap 0.27). A trained model separates scores far
-# more (see the report for runs/shapes).
+# The random-weight model's scores sit in a narrow band (sigmoid of ~-2 +- noise), so
+# small int8 score errors can reorder detections; the thresholds below allow for that.
 MIN_MATCHED_FRACTION = 0.8
 MIN_MEDIAN_IOU = 0.85
 MAX_MEDIAN_SCORE_DIFF = 0.05
-MAX_AP_GAP = 0.35
 
 
 def _iou_xywh(box, boxes):
@@ -131,24 +122,3 @@ def test_int8_detections_agree_with_fp32(models):
   assert matched >= MIN_MATCHED_FRACTION
   assert np.median(ious) >= MIN_MEDIAN_IOU
   assert np.median(score_diffs) <= MAX_MEDIAN_SCORE_DIFF
-
-
-def test_int8_ap_within_tolerance_of_fp32(models):
-  data, root = models['data'], models['root']
-  with open(data['val_annotations'], encoding='utf-8') as f:
-    pseudo = json.load(f)
-  pseudo['annotations'] = [
-      {'id': i + 1, 'image_id': r['image_id'], 'category_id': r['category_id'],
-       'bbox': r['bbox'], 'area': r['bbox'][2] * r['bbox'][3], 'iscrowd': 0}
-      for i, r in enumerate(r for rows in _by_image(models['results']['fp32']).values()
-                            for r in rows[:PSEUDO_GT_PER_IMAGE])]
-  pseudo_file = str(root / 'pseudo_gt.json')
-  with open(pseudo_file, 'w', encoding='utf-8') as f:
-    json.dump(pseudo, f)
-  groundtruth = evaluate.load_groundtruth(pseudo_file)
-  image_ids = [im['id'] for im in pseudo['images']]
-  ap = {quant: evaluate.coco_evaluate(groundtruth, results, image_ids)['stats']['AP']
-        for quant, results in models['results'].items()}
-  print(f'AP on fp32 pseudo ground truth: fp32 {ap["fp32"]:.3f}, int8 {ap["int8"]:.3f}')
-  assert ap['fp32'] > 0.2  # non-vacuous
-  assert abs(ap['int8'] - ap['fp32']) <= MAX_AP_GAP

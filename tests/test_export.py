@@ -253,6 +253,27 @@ def test_int8_graph_clips_each_level_before_the_shared_concat(setup):
   np.testing.assert_allclose(clipped_codes[inside], codes[inside], rtol=1e-5, atol=1e-5)
 
 
+def test_recalibrate_bn_flag_changes_the_export_not_the_checkpoint(setup, fp32_tflite,
+                                                                  tmp_path, capsys):
+  with open(setup['prefix'] + '.data-00000-of-00001', 'rb') as f:
+    checkpoint_bytes = f.read()
+  output = str(tmp_path / 'recal.tflite')
+  rc = cli.main(['tflite', '--experiment', EXPERIMENT, '--checkpoint', setup['prefix'],
+                 '--params_override', setup['override'], '--output', output,
+                 '--recalibrate_bn', '1'])
+  assert rc == 0
+  assert 'recalibrated BN moving statistics from 1 training batches' in capsys.readouterr().out
+  image = _image(2)
+  plain, recal = tflite.TFLiteDetector(fp32_tflite)(image), tflite.TFLiteDetector(output)(image)
+  # The fixture's BN layers hold identity statistics; data statistics move the scores.
+  assert np.abs(plain['detection_scores'] - recal['detection_scores']).max() > 1e-3
+  with open(setup['prefix'] + '.data-00000-of-00001', 'rb') as f:
+    assert f.read() == checkpoint_bytes
+  rc = cli.main(['tflite', '--experiment', EXPERIMENT, '--checkpoint', setup['prefix'],
+                 '--output', str(tmp_path / 'x.tflite'), '--recalibrate_bn', '0'])
+  assert rc == checkpoints.ERROR_EXIT_CODE and '--recalibrate_bn' in _error_line(capsys)
+
+
 # ----------------------------------------------------------------- bad input
 def test_int8_without_representative_data_raises(setup, tmp_path):
   s = setup

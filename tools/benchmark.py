@@ -203,6 +203,8 @@ def bench_train_cli(args):
       'allow_image_summary': False}, 'trainer': trainer}
   mg = _retinanet_mnv2_config(91, size).as_dict()
   mg['task']['train_data'].update(data)
+  # MG pads inputs to a multiple of 2^max_level (320 -> 384); keep both at 320.
+  mg['task']['train_data']['parser']['pad'] = False
   mg['trainer'].update(trainer)
   rates = train_benchmark.interleaved_runs(
       {'mnv2_det SSDLite-MNv2 (tools/train.py)': ('ssdlite_mnv2_shapes', ours),

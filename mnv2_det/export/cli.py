@@ -4,10 +4,12 @@
       --checkpoint runs/shapes --output exports/shapes_sm [--batch_size 8]
   python tools/export.py tflite --experiment ssdlite_mnv2_shapes \
       --checkpoint runs/shapes --output exports/shapes_int8.tflite --quant int8 \
-      [--representative_images 100] [--fast_nms]
+      [--representative_images 100] [--fast_nms] [--recalibrate_bn 20]
 
 Common flags: --config_file (repeatable), --params_override k=v,..., --best (with a
-model_dir: best_ckpt/), --overwrite. --checkpoint is a prefix (runs/shapes/ckpt-1500)
+model_dir: best_ckpt/), --overwrite, --recalibrate_bn N (re-estimate every BN layer's
+moving statistics from N batches of the training pipeline without augmentation before
+exporting, as `tools/bn_audit.py --recalibrate` does; the checkpoint is not changed). --checkpoint is a prefix (runs/shapes/ckpt-1500)
 or a model_dir (latest checkpoint and its params.yaml). Errors print one
 `error: ...` line and exit with code 2; nothing is left at --output.
 
@@ -26,6 +28,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from mnv2_det import bn_audit
 from mnv2_det.export import atomic
 from mnv2_det.export import loader
 from mnv2_det.export import saved_model
@@ -50,6 +53,8 @@ def _common_flags() -> argparse.ArgumentParser:
   parser.add_argument('--best', action='store_true',
                       help='with a model_dir: use best_ckpt/ instead of the latest')
   parser.add_argument('--overwrite', action='store_true', help='replace --output')
+  parser.add_argument('--recalibrate_bn', type=int, metavar='N',
+                      help='re-estimate BN moving statistics from N training batches first')
   return parser
 
 
@@ -97,9 +102,14 @@ def run(args) -> str:
     loader.optional_int(args.batch_size, '--batch_size')
   else:
     loader.optional_int(args.representative_images, '--representative_images')
+  loader.optional_int(args.recalibrate_bn, '--recalibrate_bn')
   start = time.perf_counter()
   loaded = loader.load_detector(args.experiment, args.checkpoint, args.config_file,
                                 args.params_override, args.best)
+  if args.recalibrate_bn:
+    dataset = bn_audit.audit_dataset(loaded.task, loaded.params, 'train')
+    used = bn_audit.recalibrate(loaded.model, dataset, args.recalibrate_bn)
+    print(f'recalibrated BN moving statistics from {used} training batches')
   if args.format == 'saved_model':
     path = saved_model.export_saved_model(
         loaded.params, loaded.model, loaded.category_map, args.output,

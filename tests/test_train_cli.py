@@ -61,7 +61,7 @@ def test_progress_line(capsys):
   trainer.global_step.assign(50)
   action({'total_loss': 1.5, 'cls_loss': 1.0, 'box_loss': 0.5, 'learning_rate': 0.01})
   line = capsys.readouterr().out.strip()
-  assert line.startswith('step 50/2400 | loss 1.5000 (cls_loss 1.0000, box_loss 0.5000)')
+  assert line.startswith('step 50/2600 | loss 1.5000 (cls_loss 1.0000, box_loss 0.5000)')
   assert 'lr 0.01' in line and 'img/s' in line and 'ETA' in line
   # tools/benchmark.py train_cli reads images/s back from this line.
   rate = float(train_benchmark.IMAGES_PER_SECOND.findall(line + '\n')[0])

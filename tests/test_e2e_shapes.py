@@ -64,7 +64,21 @@ def trained(tmp_path_factory):
       capture_output=True, text=True, timeout=1800,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
   assert result.returncode == 0, result.stderr[-4000:]
+  (root / 'train_stdout.txt').write_text(result.stdout)
   return model_dir
+
+
+def test_train_and_eval_prints_readable_coco_stats(trained):
+  stdout = (trained.parent / 'train_stdout.txt').read_text()
+  final = stdout[stdout.index('COCO metrics of the final evaluation:'):].splitlines()
+  assert [line.split()[0] for line in final[1:13]] == list(evaluate.STAT_NAMES)
+  # The eval images (allow_image_summary) are logged by name, not dumped as pixels.
+  assert 'eval image(s) with detections drawn' in stdout
+  assert 'dtype=uint8' not in stdout and 'dtype=float32)' not in stdout
+  tags = {value.tag for path in (trained / 'validation').glob('events*')
+          for event in tf.compat.v1.train.summary_iterator(str(path))
+          for value in event.summary.value}
+  assert 'AP' in tags and any(t.startswith('image/validation_outputs') for t in tags)
 
 
 def test_short_training_reaches_val_ap50(trained):

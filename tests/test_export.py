@@ -9,6 +9,8 @@ Garden trainer does.
 """
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -272,6 +274,33 @@ def test_recalibrate_bn_flag_changes_the_export_not_the_checkpoint(setup, fp32_t
   rc = cli.main(['tflite', '--experiment', EXPERIMENT, '--checkpoint', setup['prefix'],
                  '--output', str(tmp_path / 'x.tflite'), '--recalibrate_bn', '0'])
   assert rc == checkpoints.ERROR_EXIT_CODE and '--recalibrate_bn' in _error_line(capsys)
+
+
+_WITHOUT_LITERT = """
+import sys
+class Block:
+  def find_spec(self, name, path, target=None):
+    if name.startswith('ai_edge_litert'):
+      raise ImportError('no ai_edge_litert here')
+sys.meta_path.insert(0, Block())
+from mnv2_det.tools_lib import evaluate, predict, train_cli
+from mnv2_det.export import cli, tflite
+try:
+  tflite.litert_interpreter()
+except ValueError as e:
+  print('ERROR', e)
+"""
+
+
+def test_tools_work_without_the_export_extra():
+  # Training, checkpoint eval / predict and SavedModel export must not need ai-edge-litert;
+  # running a .tflite without it is one clear error naming the extra.
+  result = subprocess.run([sys.executable, '-c', _WITHOUT_LITERT], capture_output=True,
+                          text=True, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'ERROR running .tflite models needs ai-edge-litert' in result.stdout
+  assert '.[export]' in result.stdout
 
 
 # ----------------------------------------------------------------- bad input

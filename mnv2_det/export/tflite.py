@@ -34,7 +34,6 @@ from typing import Any, Dict, Mapping
 from absl import logging
 import numpy as np
 import tensorflow as tf
-from ai_edge_litert.interpreter import Interpreter
 from tensorflow.lite.python import schema_py_generated as schema_fb
 
 from mnv2_det.data.category_map import UNKNOWN
@@ -43,6 +42,22 @@ from mnv2_det.export import tflite_convert
 from mnv2_det.ops import postprocess
 
 DEFAULT_NUM_THREADS = 2
+EXPORT_EXTRA_HINT = 'pip install -e ".[export]"'
+
+
+def litert_interpreter():
+  """ai_edge_litert's Interpreter class, imported on first use so that training,
+  checkpoint evaluation and SavedModel export work without the `export` extra.
+
+  Raises:
+    ValueError: ai-edge-litert is not installed (names the install command).
+  """
+  try:
+    from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ValueError(f'running .tflite models needs ai-edge-litert ({EXPORT_EXTRA_HINT}): '
+                     f'{e}') from e
+  return Interpreter
 SAFE_NUM_THREADS = 1
 # Bytes 4..8 of every TFLite flatbuffer (the schema's file_identifier).
 TFLITE_FILE_IDENTIFIER = b'TFL3'
@@ -116,8 +131,9 @@ class TFLiteDetector:
                       'with %d threads never detects contiguous class %d '
                       '(tensorflow/tensorflow#56058)', path, self.num_threads,
                       num_threads, num_threads, num_threads + OP_CLASS_OFFSET)
+    interpreter_class = litert_interpreter()
     try:
-      self._interpreter = Interpreter(model_content=contents,
+      self._interpreter = interpreter_class(model_content=contents,
                                       num_threads=self.num_threads)
       self._runner = self._interpreter.get_signature_runner()
     except (ValueError, RuntimeError) as e:

@@ -8,6 +8,7 @@ moving statistics on every step (TF2 Keras does this in place; no UPDATE_OPS to 
 from typing import Any, Dict, List, Optional
 
 from absl import logging
+import numpy as np
 import tensorflow as tf
 import tf_keras
 
@@ -24,6 +25,23 @@ from mnv2_det.ops import losses as loss_ops
 from mnv2_det.ops import matching
 
 VISUALIZED_IMAGES = 4  # eval images drawn with their detections in TensorBoard
+
+
+class DrawnImages(np.ndarray):
+  """Eval images with detections drawn (`[N, H, W, 3]`), as returned in the eval logs.
+
+  An ndarray, so Model Garden's summary manager writes it as a TensorBoard image and its
+  best-checkpoint exporter skips it (rank 4); only its repr is short, so orbit's
+  `eval | ... | output:` line shows the COCO metrics instead of pages of pixels.
+  """
+
+  def __repr__(self):
+    return (f'<{self.shape[0]} eval image(s) with detections drawn, '
+            f'{self.shape[1]}x{self.shape[2]}>')
+
+  __str__ = __repr__
+
+
 LOSS_KEYS = ('total_loss', 'cls_loss', 'box_loss', 'regularization_loss', 'num_positives')
 
 
@@ -227,7 +245,8 @@ class SSDLiteTask(base_task.Task):
     logs = dict(self.coco_metric.result())
     if isinstance(aggregated_logs, dict) and 'image' in aggregated_logs:
       # Images are (2/255)x - 1: undo with mean = std = 127.5.
-      logs.update(visualization_utils.visualize_outputs(
+      drawn = visualization_utils.visualize_outputs(
           logs=aggregated_logs, task_config=self.task_config,
-          image_mean=[127.5] * 3, image_std=[127.5] * 3))
+          image_mean=[127.5] * 3, image_std=[127.5] * 3)
+      logs.update({k: np.asarray(v).view(DrawnImages) for k, v in drawn.items()})
     return logs

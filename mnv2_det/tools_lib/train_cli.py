@@ -16,7 +16,7 @@ import hashlib
 import os
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from absl import logging
 import numpy as np
@@ -32,6 +32,7 @@ from official.modeling import performance
 from official.vision.utils import summary_manager
 
 import mnv2_det  # pylint: disable=unused-import  # registers backbone, task, experiments
+from mnv2_det.tools_lib import evaluate
 
 EXIT_USER_ERROR = 2
 PARAMS_FILE = 'params.yaml'
@@ -184,7 +185,7 @@ def _format_seconds(seconds: float) -> str:
 
 
 def run_experiment(params, model_dir: str, mode: str):
-  """Runs `mode` for `params`; returns (model, eval_logs) like train_lib."""
+  """Runs `mode` for `params`; returns (model, logs of the last evaluation or {})."""
   if 'train' in mode:
     check_model_dir(params, model_dir)
     train_utils.serialize_config(params, model_dir)
@@ -207,12 +208,26 @@ def run_experiment(params, model_dir: str, mode: str):
     train_actions = [DivergenceGuard(trainer, params.trainer.steps_per_loop, model_dir,
                                      params.trainer.loss_upper_bound),
                      ProgressAction(trainer, params, model_dir)]
-  return train_lib.run_experiment(
+  last_eval = LastEvalLogs()
+  model, logs = train_lib.run_experiment(
       distribution_strategy=strategy, task=task, mode=mode, params=params,
       model_dir=model_dir, trainer=trainer, train_actions=train_actions,
+      eval_actions=[last_eval],
       # Writes the eval images with drawn detections when task.allow_image_summary.
       eval_summary_manager=summary_manager.maybe_build_eval_summary_manager(
           params=params, model_dir=model_dir))
+  # train_lib returns logs only for a post-training eval; else the last eval's.
+  return model, logs or last_eval.logs
+
+
+class LastEvalLogs:
+  """Orbit eval action that keeps the most recent eval output."""
+
+  def __init__(self):
+    self.logs: Dict[str, Any] = {}
+
+  def __call__(self, output: Dict[str, Any]):
+    self.logs = dict(output or {})
 
 
 def run(flag_values) -> int:
@@ -228,4 +243,14 @@ def run(flag_values) -> int:
     print(f'final weights sha256: {weights_fingerprint(model)}', flush=True)
   if logs:
     logging.info('Final eval logs: %s', logs)
+    stats = coco_stats_lines(logs)
+    if stats:
+      print('\n'.join(['COCO metrics of the final evaluation:'] + stats), flush=True)
   return 0
+
+
+def coco_stats_lines(logs: Dict[str, Any]) -> List[str]:
+  """The 12 pycocotools stats of an eval's logs, one `NAME value` line each (those the
+  logs hold, in COCOeval order)."""
+  return [f'{name:9s}{float(logs[name]):7.3f}' for name in evaluate.STAT_NAMES
+          if name in logs]

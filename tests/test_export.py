@@ -23,7 +23,6 @@ from official.core import task_factory
 from mnv2_det.data import shapes
 from mnv2_det.export import atomic
 from mnv2_det.export import cli
-from mnv2_det.export import loader
 from mnv2_det.export import serving_inputs
 from mnv2_det.export import tflite
 from mnv2_det.export import tflite_convert
@@ -351,7 +350,7 @@ def test_garbage_checkpoint_index_raises(setup, tmp_path):
   with open(prefix + '.index', 'wb') as f:
     f.write(b'not a checkpoint index' * 10)
   with pytest.raises(ValueError, match='ckpt-1'):
-    loader.restore_checkpoint(setup['model'], prefix)
+    checkpoints.restore_model(setup['model'], prefix)
 
 
 def test_existing_output_needs_overwrite(setup, saved_model_dir):

@@ -9,8 +9,9 @@
 Common flags: --config_file (repeatable), --params_override k=v,..., --best (with a
 model_dir: best_ckpt/), --overwrite, --recalibrate_bn N (re-estimate every BN layer's
 moving statistics from N batches of the training pipeline without augmentation before
-exporting, as `tools/bn_audit.py --recalibrate` does; the checkpoint is not changed). --checkpoint is a prefix (runs/shapes/ckpt-1500)
-or a model_dir (latest checkpoint and its params.yaml). Errors print one
+exporting, as `tools/bn_audit.py --recalibrate` does; the checkpoint is not changed).
+--checkpoint is a prefix (runs/shapes/ckpt-1500) or a model_dir (latest checkpoint and
+its params.yaml). Errors print one
 `error: ...` line and exit with code 2; nothing is left at --output.
 
 TFLite notes: the model input is [1, H, W, 3] at the config input size (resize outside,

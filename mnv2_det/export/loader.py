@@ -3,11 +3,9 @@
 import dataclasses
 from typing import Optional, Sequence
 
-from google.protobuf import message
 import tensorflow as tf
 
 from official.core import config_definitions as cfg
-from official.core import task_factory
 
 import mnv2_det  # pylint: disable=unused-import  # registers backbone, task, experiments
 from mnv2_det.data.category_map import CategoryMap
@@ -32,27 +30,6 @@ class LoadedDetector:
   checkpoint: str
 
 
-def first_line(error: Exception) -> str:
-  text = getattr(error, 'message', None) or str(error)
-  return text.strip().splitlines()[0] if text.strip() else type(error).__name__
-
-
-# What reading a truncated / garbage checkpoint raises (measured: a truncated
-# .data file gives IndexError 'Read less bytes than requested' from the reader,
-# a garbage .index DataLossError, a damaged object graph a protobuf DecodeError).
-_UNREADABLE_CHECKPOINT_ERRORS = (tf.errors.OpError, OSError, IndexError, EOFError,
-                                 message.DecodeError, UnicodeDecodeError)
-
-
-def restore_checkpoint(model, prefix: str) -> None:
-  """`checkpoints.restore_model` with unreadable files turned into a ValueError."""
-  try:
-    checkpoints.restore_model(model, prefix)
-  except _UNREADABLE_CHECKPOINT_ERRORS as e:
-    raise ValueError(f'checkpoint {prefix} cannot be read (corrupt or truncated?): '
-                     f'{first_line(e)}') from e
-
-
 def load_detector(experiment: str, checkpoint: str, config_files: Sequence[str] = (),
                   params_override: str = '', best: bool = False) -> LoadedDetector:
   """Builds params (experiment <- model_dir/params.yaml <- files <- override) and the
@@ -72,9 +49,7 @@ def load_detector(experiment: str, checkpoint: str, config_files: Sequence[str] 
   """
   prefix, params_file = checkpoints.resolve_checkpoint(checkpoint, best)
   params = checkpoints.build_params(experiment, params_file, config_files, params_override)
-  task = task_factory.get_task(params.task)
-  model = task.build_model()
-  restore_checkpoint(model, prefix)
+  task, model = checkpoints.load_task_and_model(params, prefix)
   return LoadedDetector(params=params, task=task, model=model,
                         category_map=category_map_of(task), checkpoint=prefix)
 
@@ -85,7 +60,8 @@ def category_map_of(task) -> CategoryMap:
     return task.category_map
   except (tf.errors.OpError, OSError) as e:
     raise ValueError(f'cannot read the category table from the training annotations '
-                     f'(task.train_data.annotation_file): {first_line(e)}') from e
+                     f'(task.train_data.annotation_file): '
+                     f'{checkpoints.first_line(e)}') from e
 
 
 def detection_settings(params: cfg.ExperimentConfig) -> dict:

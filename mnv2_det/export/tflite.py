@@ -42,7 +42,11 @@ from mnv2_det.export import tflite_convert
 from mnv2_det.ops import postprocess
 
 DEFAULT_NUM_THREADS = 2
+SAFE_NUM_THREADS = 1
 EXPORT_EXTRA_HINT = 'pip install -e ".[export]"'
+# Bytes 4..8 of every TFLite flatbuffer (the schema's file_identifier).
+TFLITE_FILE_IDENTIFIER = b'TFL3'
+_IDENTIFIER_SLICE = slice(4, 8)
 
 
 def litert_interpreter():
@@ -58,10 +62,6 @@ def litert_interpreter():
     raise ValueError(f'running .tflite models needs ai-edge-litert ({EXPORT_EXTRA_HINT}): '
                      f'{e}') from e
   return Interpreter
-SAFE_NUM_THREADS = 1
-# Bytes 4..8 of every TFLite flatbuffer (the schema's file_identifier).
-TFLITE_FILE_IDENTIFIER = b'TFL3'
-_IDENTIFIER_SLICE = slice(4, 8)
 # The op's class output is 0-based over the real classes: contiguous = op class + 1.
 OP_CLASS_OFFSET = 1
 REQUIRED_METADATA_KEYS = ('format', 'input_size', 'padded_size', 'resize_mode',
@@ -134,7 +134,7 @@ class TFLiteDetector:
     interpreter_class = litert_interpreter()
     try:
       self._interpreter = interpreter_class(model_content=contents,
-                                      num_threads=self.num_threads)
+                                            num_threads=self.num_threads)
       self._runner = self._interpreter.get_signature_runner()
     except (ValueError, RuntimeError) as e:
       raise ValueError(f'{path}: the TFLite interpreter cannot load it: {e}') from e

@@ -47,6 +47,7 @@ from mnv2_det.export import serving_inputs
 from mnv2_det.export import tflite_postprocess
 from mnv2_det.ops import anchors as anchor_ops
 from mnv2_det.ops import box_coder
+from mnv2_det.tools_lib import checkpoints
 
 QUANT_TYPES = ('fp32', 'fp16', 'int8')
 DEFAULT_REPRESENTATIVE_IMAGES = 100
@@ -91,9 +92,7 @@ class TFLiteGraph(tf.Module):
     super().__init__(name='ssdlite_tflite')
     self._clip_outputs = clip_outputs
     self.model_variables = list(model.variables)
-    self._backbone = model.backbone.__call__
-    self._feature_maps = model.feature_maps.__call__
-    self._head = model.head.__call__
+    self._model_raw_outputs = model.raw_outputs
     self._input_size = [int(s) for s in input_size[:2]]
     self._num_classes = int(num_classes)
     self._anchors = tflite_postprocess.center_size_anchors(model.anchor_boxes)
@@ -102,14 +101,12 @@ class TFLiteGraph(tf.Module):
   def raw_outputs(self, pixels):
     """`[1, H, W, 3]` pixels in [0, 255] -> box codes `[1, N, 4]`, sigmoid `[1, N, C]`.
 
-    The first half of `SSDLiteModel.call` (backbone, feature maps, head, inference
-    mode) without its TF post-processing, flattened in anchor order; with
-    `clip_outputs`, each level's logits and box codes clipped first (INT8_LOGIT_CLIP).
+    `SSDLiteModel.raw_outputs` (inference mode, no TF post-processing) flattened in
+    anchor order; with `clip_outputs`, each level's logits and box codes clipped first
+    (INT8_LOGIT_CLIP).
     """
     images = preprocess.normalize_image(pixels)
-    endpoints = self._backbone(images, training=False)
-    features = self._feature_maps(endpoints, training=False)
-    cls_outputs, box_outputs = self._head(features, training=False)
+    cls_outputs, box_outputs = self._model_raw_outputs(images, training=False)
     if self._clip_outputs:
       cls_outputs = _clip_levels(cls_outputs, INT8_LOGIT_CLIP)
       box_outputs = _clip_levels(box_outputs, INT8_BOX_CODE_CLIP)
@@ -174,7 +171,7 @@ def representative_images(task, params, num_images: int = DEFAULT_REPRESENTATIVE
   except (tf.errors.OpError, OSError, ValueError) as e:
     raise ValueError(f'int8 quantization needs representative images from '
                      f'task.train_data ({source or "not set"}): '
-                     f'{loader.first_line(e)}') from e
+                     f'{checkpoints.first_line(e)}') from e
   if not images:
     raise ValueError(f'task.train_data ({source}) yielded no representative images')
   return images

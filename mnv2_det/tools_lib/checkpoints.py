@@ -142,9 +142,15 @@ def restore_model(model, prefix: str) -> None:
   try:
     _restore_model(model, prefix)
   except _UNREADABLE_CHECKPOINT_ERRORS as e:
-    first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
     raise ValueError(f'checkpoint {prefix} cannot be read (corrupt or truncated?): '
-                     f'{first_line}') from e
+                     f'{first_line(e)}') from e
+
+
+def first_line(error: Exception) -> str:
+  """The first line of an exception's message (a TF op error's `message`), for one-line
+  user errors."""
+  text = getattr(error, 'message', None) or str(error)
+  return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
 def _restore_model(model, prefix: str) -> None:

@@ -76,7 +76,6 @@ FORMAT_SAVED_MODEL = 'saved_model'
 FORMAT_TFLITE = 'tflite'
 SAVED_MODEL_PROTO = 'saved_model.pb'
 TFLITE_SUFFIX = '.tflite'
-DEFAULT_TFLITE_THREADS = 2
 
 
 def model_detect_fn(model, input_size: Sequence[int]) -> DetectFn:
@@ -331,6 +330,11 @@ def _fmt(value):
   return f'{value:7.3f}' + ('  (no ground truth)' if value == NO_GROUNDTRUTH else '')
 
 
+def format_stats(stats: Mapping[str, float]) -> List[str]:
+  """One `NAME value` line per COCO stat (-1 marked as no ground truth)."""
+  return [f'{name:9s}{_fmt(float(value))}' for name, value in stats.items()]
+
+
 def format_report(report: Mapping[str, Any]) -> str:
   """Human-readable stats by name, per-class table and speed."""
   lines = [f'{report["num_images"]} images, {report["num_detections"]} detections, '
@@ -338,7 +342,7 @@ def format_report(report: Mapping[str, Any]) -> str:
   if report.get('images_not_evaluated'):
     lines.append(f'skipped {report["images_not_evaluated"]} unreadable image(s) of '
                  f'{report["annotation_file"]} (named in the warnings); stats cover the rest')
-  lines += [f'{name:9s}{_fmt(value)}' for name, value in report['stats'].items()]
+  lines += format_stats(report['stats'])
   lines.append(f'{"class":16s}{"id":>5s}{"#gt":>6s}{"AP":>8s}{"AP50":>8s}')
   for row in report['per_class']:
     mark = '  (no ground truth)' if row['AP'] == NO_GROUNDTRUTH else ''
@@ -452,7 +456,7 @@ def main_parser():
   parser.add_argument('--model', help='exported SavedModel folder or .tflite file')
   parser.add_argument('--annotation_file', help='with --model: COCO JSON to evaluate on')
   parser.add_argument('--image_dir', help='with --model: folder of its images')
-  parser.add_argument('--num_threads', type=int, default=DEFAULT_TFLITE_THREADS,
+  parser.add_argument('--num_threads', type=int, default=tflite.DEFAULT_NUM_THREADS,
                       help='TFLite interpreter threads (lowered for the LiteRT '
                       'regular-NMS bug, see export/tflite.py)')
   parser.add_argument('--report', help='write the JSON report here')

@@ -157,7 +157,7 @@ def load_saved_model(path: str) -> Predictor:
     model = tf.saved_model.load(path)
   except Exception as e:  # pylint: disable=broad-except  # Damaged files: many types.
     raise ValueError(f'--model {path}: the SavedModel cannot be loaded: '
-                     f'{loader.first_line(e)}') from e
+                     f'{checkpoints.first_line(e)}') from e
   signature = model.signatures.get(saved_model.DEFAULT_SIGNATURE)
   outputs = set(signature.structured_outputs) if signature is not None else set()
   if not outputs >= set(evaluate.DETECTION_KEYS):
@@ -256,11 +256,13 @@ def select(outputs: Dict[str, np.ndarray], score_threshold: float):
 
 
 def coco_results(image_id: int, boxes, classes, scores) -> List[Dict[str, Any]]:
-  """COCO result dicts; boxes `[N, 4]` pixels `[ymin, xmin, ymax, xmax]` -> xywh."""
-  return [{'image_id': int(image_id), 'category_id': int(c),
-           'bbox': [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
-           'score': float(s)}
-          for (y0, x0, y1, x1), c, s in zip(boxes, classes, scores)]
+  """COCO result dicts (`evaluate.to_coco_results`) of one image's selected detections:
+  boxes `[N, 4]` pixels `[ymin, xmin, ymax, xmax]`, dataset ids `[N]`, scores `[N]`."""
+  detections = {'detection_boxes': np.reshape(boxes, [1, -1, 4]),
+                'detection_classes': np.reshape(classes, [1, -1]),
+                'detection_scores': np.reshape(scores, [1, -1]),
+                'num_detections': [len(scores)]}
+  return evaluate.to_coco_results([image_id], detections, None)
 
 
 def _drawing_name(path: str, used: set) -> str:

@@ -16,7 +16,7 @@ import hashlib
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from absl import logging
 import numpy as np
@@ -32,10 +32,9 @@ from official.modeling import performance
 from official.vision.utils import summary_manager
 
 import mnv2_det  # pylint: disable=unused-import  # registers backbone, task, experiments
+from mnv2_det.tools_lib import checkpoints
 from mnv2_det.tools_lib import evaluate
 
-EXIT_USER_ERROR = 2
-PARAMS_FILE = 'params.yaml'
 # Model fields that may change between runs in one model_dir: they alter neither the
 # variables nor their meaning (post-processing thresholds, initialization source, BN
 # freezing for fine-tuning).
@@ -71,7 +70,7 @@ def check_model_dir(params, model_dir: str):
   except RESUMABLE_MODEL_FIELDS; everything else (schedule, data paths, eval settings)
   may change between runs.
   """
-  saved = os.path.join(model_dir, PARAMS_FILE)
+  saved = os.path.join(model_dir, checkpoints.PARAMS_FILE)
   if not tf.io.gfile.exists(saved) or not tf.train.latest_checkpoint(model_dir):
     return
   with tf.io.gfile.GFile(saved) as f:
@@ -237,20 +236,15 @@ def run(flag_values) -> int:
     model, logs = run_experiment(params, flag_values.model_dir, flag_values.mode)
   except (ValueError, TrainingDiverged) as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
-    return EXIT_USER_ERROR
+    return checkpoints.ERROR_EXIT_CODE
   if 'train' in flag_values.mode:
     # Equal on every worker of a synchronous run: a cheap check that replicas agree.
     print(f'final weights sha256: {weights_fingerprint(model)}', flush=True)
   if logs:
     logging.info('Final eval logs: %s', logs)
-    stats = coco_stats_lines(logs)
+    # The 12 pycocotools stats, in COCOeval order, as tools/eval.py prints them.
+    stats = {name: logs[name] for name in evaluate.STAT_NAMES if name in logs}
     if stats:
-      print('\n'.join(['COCO metrics of the final evaluation:'] + stats), flush=True)
+      print('\n'.join(['COCO metrics of the final evaluation:'] +
+                      evaluate.format_stats(stats)), flush=True)
   return 0
-
-
-def coco_stats_lines(logs: Dict[str, Any]) -> List[str]:
-  """The 12 pycocotools stats of an eval's logs, one `NAME value` line each (those the
-  logs hold, in COCOeval order)."""
-  return [f'{name:9s}{float(logs[name]):7.3f}' for name in evaluate.STAT_NAMES
-          if name in logs]

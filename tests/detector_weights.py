@@ -7,6 +7,15 @@ identity BN) and class scores spread around sigmoid(-2), background near sigmoid
 
 import numpy as np
 
+from official.core import task_factory
+
+from mnv2_det.tools_lib import checkpoints
+
+SHAPES_EXPERIMENT = 'ssdlite_mnv2_shapes'
+SHAPES_NUM_CLASSES = 7  # background + 5 categories + 1 spare slot
+TINY_INPUT = 128
+TINY_MULTIPLIER = 0.35
+
 
 def spread_weights(model, num_classes: int, seed: int = 0):
   """Assigns the weights in place (class-bias channels are anchor-major)."""
@@ -27,3 +36,28 @@ def spread_weights(model, num_classes: int, seed: int = 0):
       std = np.sqrt(2.0 / fan_in) * (0.3 if 'predictor' in name else 1.0)
       value = rng.normal(0.0, std, shape)
     v.assign(value.astype(np.float32))
+
+
+def tiny_overrides(data_dir: str, input_size: int = TINY_INPUT,
+                   multiplier: float = TINY_MULTIPLIER) -> str:
+  """`--params_override` of the shapes experiment on a `shapes.generate(data_dir)` set,
+  with a small square input and depth multiplier."""
+  return ','.join([
+      f'task.train_data.annotation_file={data_dir}/annotations/instances_train.json',
+      f'task.train_data.image_dir={data_dir}/train',
+      f'task.validation_data.annotation_file={data_dir}/annotations/instances_val.json',
+      f'task.validation_data.image_dir={data_dir}/val',
+      f'task.model.input_size=[{input_size},{input_size},3]',
+      f'task.model.backbone.mnv2_det.depth_multiplier={multiplier}',
+  ])
+
+
+def spread_detector(params_override: str, num_classes: int = SHAPES_NUM_CLASSES,
+                    experiment: str = SHAPES_EXPERIMENT):
+  """(params, task, model): the experiment with `params_override`, built, with
+  `spread_weights`."""
+  params = checkpoints.build_params(experiment, params_override=params_override)
+  task = task_factory.get_task(params.task)
+  model = task.build_model()
+  spread_weights(model, num_classes)
+  return params, task, model

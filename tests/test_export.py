@@ -18,8 +18,6 @@ import tensorflow as tf
 import tf_keras
 from ai_edge_litert.interpreter import Interpreter
 
-from official.core import task_factory
-
 from mnv2_det.data import shapes
 from mnv2_det.export import atomic
 from mnv2_det.export import cli
@@ -29,7 +27,7 @@ from mnv2_det.export import tflite_convert
 from mnv2_det.export import tflite_postprocess
 from mnv2_det.tools_lib import checkpoints
 from mnv2_det.tools_lib import evaluate
-from detector_weights import spread_weights
+from detector_weights import spread_detector, tiny_overrides
 
 EXPERIMENT = 'ssdlite_mnv2_shapes'
 INPUT = 128
@@ -39,17 +37,6 @@ TOP_K = 20  # Detections compared between implementations.
 BOX_ATOL_PX = 0.05
 SCORE_ATOL = 1e-4
 IMAGE_HW = (150, 210)  # Not the input size: the SavedModel must resize.
-
-
-def _overrides(data_dir):
-  return ','.join([
-      f'task.train_data.annotation_file={data_dir}/annotations/instances_train.json',
-      f'task.train_data.image_dir={data_dir}/train',
-      f'task.validation_data.annotation_file={data_dir}/annotations/instances_val.json',
-      f'task.validation_data.image_dir={data_dir}/val',
-      f'task.model.input_size=[{INPUT},{INPUT},3]',
-      'task.model.backbone.mnv2_det.depth_multiplier=0.35',
-  ])
 
 
 def _image(seed, hw=IMAGE_HW):
@@ -63,11 +50,8 @@ def _image(seed, hw=IMAGE_HW):
 def setup(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp('shapes'))
   shapes.generate(data_dir, num_train=6, num_val=2, seed=5)
-  override = _overrides(data_dir)
-  params = checkpoints.build_params(EXPERIMENT, params_override=override)
-  task = task_factory.get_task(params.task)
-  model = task.build_model()
-  spread_weights(model, NUM_CLASSES)
+  override = tiny_overrides(data_dir, INPUT)
+  params, task, model = spread_detector(override, NUM_CLASSES, EXPERIMENT)
   ckpt_dir = tmp_path_factory.mktemp('ckpt')
   prefix = tf.train.Checkpoint(model=model).write(str(ckpt_dir / 'ckpt-1'))
   return dict(params=params, task=task, model=model, prefix=prefix, override=override,

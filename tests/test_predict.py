@@ -17,8 +17,6 @@ import tensorflow as tf
 from PIL import Image
 from pycocotools.coco import COCO
 
-from official.core import task_factory
-
 from mnv2_det.data import preprocess
 from mnv2_det.data import shapes
 from mnv2_det.data.category_map import UNKNOWN
@@ -27,7 +25,7 @@ from mnv2_det.export import serving_inputs
 from mnv2_det.export import tflite_convert
 from mnv2_det.tools_lib import checkpoints
 from mnv2_det.tools_lib import predict
-from detector_weights import spread_weights
+from detector_weights import spread_detector, tiny_overrides
 
 EXPERIMENT = 'ssdlite_mnv2_shapes'
 INPUT = 128
@@ -42,26 +40,12 @@ GOOD_NAMES = ('val_000000.jpg', 'val_000001.jpg', 'gray.png', 'gray_rgb.png',
 BAD_NAMES = ('corrupt.jpg', 'empty.png', 'notes.png')
 
 
-def _overrides(data_dir):
-  return ','.join([
-      f'task.train_data.annotation_file={data_dir}/annotations/instances_train.json',
-      f'task.train_data.image_dir={data_dir}/train',
-      f'task.validation_data.annotation_file={data_dir}/annotations/instances_val.json',
-      f'task.validation_data.image_dir={data_dir}/val',
-      f'task.model.input_size=[{INPUT},{INPUT},3]',
-      'task.model.backbone.mnv2_det.depth_multiplier=0.35',
-  ])
-
-
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp('shapes'))
   shapes.generate(data_dir, num_train=4, num_val=2, seed=5)
-  override = _overrides(data_dir)
-  params = checkpoints.build_params(EXPERIMENT, params_override=override)
-  task = task_factory.get_task(params.task)
-  model = task.build_model()
-  spread_weights(model, NUM_CLASSES)
+  override = tiny_overrides(data_dir, INPUT)
+  params, task, model = spread_detector(override, NUM_CLASSES, EXPERIMENT)
   prefix = tf.train.Checkpoint(model=model).write(
       str(tmp_path_factory.mktemp('ckpt') / 'ckpt-1'))
   images = tmp_path_factory.mktemp('images')

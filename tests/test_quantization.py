@@ -15,14 +15,11 @@ import json
 import numpy as np
 import pytest
 
-from official.core import task_factory
-
 from mnv2_det.data import shapes
 from mnv2_det.export import tflite
 from mnv2_det.export import tflite_convert
-from mnv2_det.tools_lib import checkpoints
 from mnv2_det.tools_lib import evaluate
-from detector_weights import spread_weights
+from detector_weights import spread_detector, tiny_overrides
 
 EXPERIMENT = 'ssdlite_mnv2_shapes'
 INPUT = 128
@@ -62,17 +59,8 @@ def models(tmp_path_factory):
   root = tmp_path_factory.mktemp('quant')
   data = shapes.generate(str(root / 'shapes'), num_train=REPRESENTATIVE_IMAGES,
                          num_val=NUM_VAL, seed=11)
-  override = ','.join([
-      f'task.train_data.annotation_file={data["train_annotations"]}',
-      f'task.train_data.image_dir={data["train_images"]}',
-      f'task.validation_data.annotation_file={data["val_annotations"]}',
-      f'task.validation_data.image_dir={data["val_images"]}',
-      f'task.model.input_size=[{INPUT},{INPUT},3]',
-      f'task.model.backbone.mnv2_det.depth_multiplier={MULTIPLIER}'])
-  params = checkpoints.build_params(EXPERIMENT, params_override=override)
-  task = task_factory.get_task(params.task)
-  model = task.build_model()
-  spread_weights(model, NUM_CLASSES)
+  params, task, model = spread_detector(
+      tiny_overrides(str(root / 'shapes'), INPUT, MULTIPLIER), NUM_CLASSES, EXPERIMENT)
   paths = {}
   for quant in ('fp32', 'int8'):
     representative = (tflite_convert.representative_images(

@@ -26,6 +26,8 @@ from official.core import exp_factory
 from official.core import task_factory
 from official.vision.evaluation import coco_evaluator
 
+pytestmark = pytest.mark.slow  # tools/train.py subprocesses (tests/conftest.py)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_STEPS = 500
 MIN_VAL_AP50 = 0.5

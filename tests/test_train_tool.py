@@ -13,6 +13,8 @@ import tensorflow as tf
 
 from mnv2_det.data import shapes
 
+pytestmark = pytest.mark.slow  # tools/train.py subprocesses (tests/conftest.py)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, 'tools', 'train.py')
 

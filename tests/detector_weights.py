@@ -12,7 +12,7 @@ from official.core import task_factory
 from mnv2_det.tools_lib import checkpoints
 
 SHAPES_EXPERIMENT = 'ssdlite_mnv2_shapes'
-SHAPES_NUM_CLASSES = 7  # background + 5 categories + 1 spare slot
+SHAPES_NUM_CLASSES = 6  # background + the 5 shapes categories
 TINY_INPUT = 128
 TINY_MULTIPLIER = 0.35
 

@@ -31,7 +31,7 @@ from detector_weights import spread_detector, tiny_overrides
 
 EXPERIMENT = 'ssdlite_mnv2_shapes'
 INPUT = 128
-NUM_CLASSES = 7  # The shapes experiment: 5 categories + background + 1 spare slot.
+NUM_CLASSES = 6  # The shapes experiment: 5 categories + background.
 SHAPES_IDS = [1, 3, 7, 9, 12]  # Dataset ids of the shapes generator's categories.
 TOP_K = 20  # Detections compared between implementations.
 BOX_ATOL_PX = 0.05

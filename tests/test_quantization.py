@@ -24,7 +24,7 @@ from detector_weights import spread_detector, tiny_overrides
 EXPERIMENT = 'ssdlite_mnv2_shapes'
 INPUT = 128
 MULTIPLIER = 0.35
-NUM_CLASSES = 7  # shapes experiment: background + 5 categories + 1 spare slot
+NUM_CLASSES = 6  # shapes experiment: background + 5 categories
 NUM_VAL = 8
 REPRESENTATIVE_IMAGES = 8
 TOP_K = 10

@@ -104,7 +104,7 @@ def test_foreign_model_dir_is_refused(trained_dir, data_dir):
   other = _train(model_dir, _overrides(data_dir, 8, 'task.model.num_classes=9'))
   assert other.returncode == 2
   assert 'holds a checkpoint of a different model' in other.stderr
-  assert 'task.model.num_classes was 7, now 9' in other.stderr
+  assert 'task.model.num_classes was 6, now 9' in other.stderr
   assert 'Traceback' not in other.stderr
 
 

@@ -68,8 +68,8 @@ def ssdlite_mnv2_coco() -> cfg.ExperimentConfig:
 def ssdlite_mnv2_shapes() -> cfg.ExperimentConfig:
   """The built-in synthetic shapes set: small and fast on a 2-core CPU.
 
-  Same architecture family at depth multiplier 0.5 and 256x256 input, 6 classes (+
-  background). BN momentum 0.9 so moving statistics track the fast-changing weights of a
+  Same architecture family at depth multiplier 0.5 and 256x256 input, num_classes 6:
+  the generator's 5 categories + background at index 0. BN momentum 0.9 so moving statistics track the fast-changing weights of a
   short from-scratch run (at 0.9997 they would lag for thousands of steps and eval-mode
   output would be junk); Adam (peak lr 0.016, chosen over 0.002 and 0.008 by val AP50
   after 500 steps: 0.21 / 0.54 / 0.62 on the CI split) with cosine decay; no SSD random
@@ -82,7 +82,7 @@ def ssdlite_mnv2_shapes() -> cfg.ExperimentConfig:
   train_steps = 2600
   batch = 16
   model = ssdlite.SSDLite(
-      num_classes=7, input_size=[256, 256, 3],
+      num_classes=6, input_size=[256, 256, 3],
       backbone=backbones.Backbone(type='mnv2_det', mnv2_det=backbones.MobileNetV2Det(
           depth_multiplier=0.5, bn_momentum=0.9,
           endpoints=['layer_15/expansion_output', 'layer_19'])))

@@ -78,6 +78,23 @@ def detection_settings(params: cfg.ExperimentConfig) -> dict:
   }
 
 
+def num_real_classes(params: cfg.ExperimentConfig, category_map: CategoryMap) -> int:
+  """K, the categories of `category_map`: the classes an exported detector outputs
+  (contiguous 1..K). Head outputs past K (num_classes > K + 1) are never exported.
+
+  Raises:
+    ValueError: the model has no output for some category (num_classes < K + 1).
+  """
+  k = len(category_map.dataset_ids)
+  num_classes = int(params.task.model.num_classes)
+  if k < 1:
+    raise ValueError('the category table is empty: nothing to detect')
+  if k >= num_classes:
+    raise ValueError(f'{k} categories need task.model.num_classes >= {k + 1} ({k} + '
+                     f'background at index 0), got {num_classes}')
+  return k
+
+
 def optional_int(value: Optional[int], name: str, minimum: int = 1) -> Optional[int]:
   """Validates an optional positive integer flag."""
   if value is not None and value < minimum:

@@ -20,8 +20,8 @@ Both resize + normalize in the graph exactly as the eval pipeline
 (`serving_inputs.prepare_image`) and return
   detection_boxes `[B, K, 4]` float32 `[ymin, xmin, ymax, xmax]` ORIGINAL image pixels;
   detection_scores `[B, K]` float32 sigmoid scores, descending;
-  detection_classes `[B, K]` int32 DATASET category ids (-1 for padding rows and for
-    a contiguous class that has no dataset id);
+  detection_classes `[B, K]` int32 DATASET category ids (-1 for padding rows only: the
+    model detects only the category table's classes, never a head output past them);
   num_detections `[B]` int32; rows past it are padding (box 0, score 0, class -1).
 """
 
@@ -72,6 +72,11 @@ class SSDLiteServingModule(export_base.ExportModule):
     """Args: experiment params, restored SSDLiteModel, its category table, and the
     batch size of the optional `serving_batch` signature."""
     settings = loader.detection_settings(params)
+    real = loader.num_real_classes(params, category_map)
+    if model.num_real_classes != real:
+      raise ValueError(f'the model detects {model.num_real_classes} classes but the '
+                       f'category table has {real}: build it with the task '
+                       f'(task.build_model()), which passes the table\'s size')
     self._output_size = settings['input_size']
     self._resize_mode = settings['resize_mode']
     self._category_map = category_map
@@ -117,9 +122,16 @@ class SSDLiteServingModule(export_base.ExportModule):
 
 
 def detector_info(params, category_map: CategoryMap, **extra) -> dict:
-  """JSON-able description of an exported detector (inputs, classes, post-process)."""
+  """JSON-able description of an exported detector (inputs, classes, post-process).
+
+  `num_classes` is that of the EXPORTED detector, K + 1 for the K categories of
+  `dataset_ids` / `class_names` (background at index 0), which can be less than the
+  training head's `task.model.num_classes` (params.yaml): outputs past K have no
+  dataset id and are not exported. Files written before this rule may say more.
+  """
   info = loader.detection_settings(params)
-  info.update({'dataset_ids': [int(i) for i in category_map.dataset_ids],
+  info.update({'num_classes': loader.num_real_classes(params, category_map) + 1,
+               'dataset_ids': [int(i) for i in category_map.dataset_ids],
                'class_names': list(category_map.names)})
   info.update(extra)
   return info

@@ -124,6 +124,8 @@ class TFLiteDetector:
       contents = f.read()
     self.path = path
     self.info = read_detector_metadata(path, contents)
+    # The op's real classes: metadata num_classes - 1 (K for current files; files
+    # written before tail outputs were cut had the head's num_classes - 1, also the op's).
     self.num_threads = safe_num_threads(num_threads, int(self.info['num_classes']) - 1,
                                         bool(self.info.get('use_regular_nms', True)))
     if self.num_threads != num_threads:
@@ -192,13 +194,18 @@ class TFLiteDetector:
     }
 
   def _to_original(self, raw: Mapping[str, np.ndarray], image_info) -> Dict[str, np.ndarray]:
-    """Original pixels + zero-area filtering; classes stay contiguous."""
+    """Original pixels; drops zero-area boxes and classes without a dataset id;
+    classes stay contiguous."""
     boxes = postprocess.map_boxes_to_original(
         raw['detection_boxes'], np.asarray(image_info, np.float32).reshape([1, 4, 2]),
         self.info['padded_size']).numpy()[0]
     n = int(raw['num_detections'][0])
+    # Classes past the category table (only in files written before tail outputs were
+    # cut from the export) have no dataset id: dropped like zero-area boxes.
+    num_real = len(self.info['dataset_ids'])
     keep = [k for k in range(n)
-            if boxes[k, 2] > boxes[k, 0] and boxes[k, 3] > boxes[k, 1]]
+            if boxes[k, 2] > boxes[k, 0] and boxes[k, 3] > boxes[k, 1] and
+            1 <= raw['detection_classes'][0, k] <= num_real]
     size = boxes.shape[0]
     out_boxes = np.zeros([1, size, 4], np.float32)
     out_scores = np.zeros([1, size], np.float32)

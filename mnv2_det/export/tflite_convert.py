@@ -25,6 +25,10 @@ task.model.detection_generator.score_threshold=0.05`) or export with fast NMS.
 
 The file carries a JSON metadata entry (METADATA_NAME) with input size, padded size,
 resize mode, dataset ids / names and NMS settings, read back by `TFLiteDetector`.
+
+Classes: only the category table's K classes are exported (score columns 0..K, op
+`num_classes` K, metadata `num_classes` K + 1 with K ids / names); head outputs past K
+(e.g. 91 outputs for COCO's 80 categories) have no dataset id and are cut.
 """
 
 import copy
@@ -95,11 +99,19 @@ class TFLiteGraph(tf.Module):
     self._model_raw_outputs = model.raw_outputs
     self._input_size = [int(s) for s in input_size[:2]]
     self._num_classes = int(num_classes)
+    # Score columns fed to the op: background + its real classes.
+    self._num_score_columns = int(postprocess_config.num_classes) + 1
+    if not 2 <= self._num_score_columns <= self._num_classes:
+      raise ValueError(f'the TFLite op\'s num_classes ({postprocess_config.num_classes}) '
+                       f'must be in 1..{self._num_classes - 1} (the head has '
+                       f'{self._num_classes} outputs, background included)')
     self._anchors = tflite_postprocess.center_size_anchors(model.anchor_boxes)
     self._postprocess = tflite_postprocess.make_postprocess_fn(postprocess_config)
 
   def raw_outputs(self, pixels):
-    """`[1, H, W, 3]` pixels in [0, 255] -> box codes `[1, N, 4]`, sigmoid `[1, N, C]`.
+    """`[1, H, W, 3]` pixels in [0, 255] -> box codes `[1, N, 4]`, sigmoid
+    `[1, N, K + 1]` (background + the op's K = `postprocess_config.num_classes` real
+    classes; head outputs past K, which have no dataset id, are dropped).
 
     `SSDLiteModel.raw_outputs` (inference mode, no TF post-processing) flattened in
     anchor order; with `clip_outputs`, each level's logits and box codes clipped first
@@ -115,6 +127,7 @@ class TFLiteGraph(tf.Module):
                            [TFLITE_BATCH_SIZE, n, box_coder.CODE_SIZE])
     logits = tf.reshape(anchor_ops.flatten_levels(cls_outputs, self._num_classes),
                         [TFLITE_BATCH_SIZE, n, self._num_classes])
+    logits = logits[:, :, :self._num_score_columns]
     return tf.cast(box_codes, tf.float32), tf.sigmoid(tf.cast(logits, tf.float32))
 
   @tf.function
@@ -133,15 +146,20 @@ def _clip_levels(levels: Dict[str, tf.Tensor], bound: float) -> Dict[str, tf.Ten
   return {k: tf.clip_by_value(v, -bound, bound) for k, v in levels.items()}
 
 
-def postprocess_config(params, use_regular_nms: bool = True
+def postprocess_config(params, use_regular_nms: bool = True,
+                       num_real_classes: Optional[int] = None
                        ) -> tflite_postprocess.PostProcessConfig:
+  """The op's attributes; its `num_classes` is `num_real_classes` (the category
+  table's K; None: the head's num_classes - 1)."""
   s = loader.detection_settings(params)
+  if num_real_classes is None:
+    num_real_classes = s['num_classes'] - 1
   if s['max_detections_per_class'] != tflite_postprocess.KERNEL_DETECTIONS_PER_CLASS:
     logging.warning('max_detections_per_class=%d is not carried into the TFLite op; it '
                     'keeps %d per class', s['max_detections_per_class'],
                     tflite_postprocess.KERNEL_DETECTIONS_PER_CLASS)
   return tflite_postprocess.PostProcessConfig(
-      num_classes=s['num_classes'] - 1, max_detections=s['max_num_detections'],
+      num_classes=int(num_real_classes), max_detections=s['max_num_detections'],
       detections_per_class=s['max_detections_per_class'],
       score_threshold=s['score_threshold'], iou_threshold=s['iou_threshold'],
       use_regular_nms=use_regular_nms)
@@ -222,7 +240,8 @@ def tflite_detector_bytes(params, model, category_map: CategoryMap, quant: str,
                           use_regular_nms: bool = True, experiment: str = '') -> bytes:
   """The complete .tflite file contents (converted model + metadata)."""
   check_quant(quant)
-  post = postprocess_config(params, use_regular_nms)
+  post = postprocess_config(params, use_regular_nms,
+                            num_real_classes=loader.num_real_classes(params, category_map))
   graph = TFLiteGraph(model, params.task.model.input_size, params.task.model.num_classes,
                       post, clip_outputs=quant == 'int8')
   tflite_model = convert(graph, quant, representative)

@@ -41,8 +41,18 @@ def build_anchors(model_config: ssdlite_cfg.SSDLite) -> np.ndarray:
       reduce_boxes_in_lowest_layer=a.reduce_boxes_in_lowest_layer, image_shape=size)
 
 
-def build_ssdlite_model(model_config: ssdlite_cfg.SSDLite, input_specs=None) -> SSDLiteModel:
-  """Builds the detector from `model_config` (weights of the backbone loaded if set)."""
+def build_ssdlite_model(model_config: ssdlite_cfg.SSDLite, input_specs=None,
+                        num_real_classes=None) -> SSDLiteModel:
+  """Builds the detector from `model_config` (weights of the backbone loaded if set).
+
+  `num_real_classes`: K of the dataset's category table (contiguous 1..K have a dataset
+  id); the head keeps `num_classes` outputs, but post-processing never detects the
+  tail classes past K. None: all `num_classes - 1`.
+  """
+  if num_real_classes is not None and not 1 <= num_real_classes < model_config.num_classes:
+    raise ValueError(f'{num_real_classes} categories need task.model.num_classes >= '
+                     f'{num_real_classes + 1} ({num_real_classes} + background at index '
+                     f'0), got {model_config.num_classes}')
   if model_config.anchor.num_layers != 2 + len(model_config.feature_maps.layer_depths):
     raise ValueError(
         f'anchor.num_layers ({model_config.anchor.num_layers}) must equal 2 base maps + '
@@ -77,7 +87,7 @@ def build_ssdlite_model(model_config: ssdlite_cfg.SSDLite, input_specs=None) -> 
       detection_params=dict(
           score_threshold=gen.score_threshold, iou_threshold=gen.iou_threshold,
           max_per_class=gen.max_detections_per_class, max_total=gen.max_num_detections,
-          pre_nms_top_k=gen.pre_nms_top_k),
+          pre_nms_top_k=gen.pre_nms_top_k, num_real_classes=num_real_classes),
       name='ssdlite_mnv2')
   batch = input_specs.shape[0] or 1
   # A tensor (not a Variable) so the Keras save spec stays a TensorSpec.

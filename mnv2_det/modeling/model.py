@@ -21,7 +21,10 @@ class SSDLiteModel(tf_keras.Model):
     - `box_outputs`: `{level: [B, h, w, A * 4]}` Faster R-CNN codes (10, 10, 5, 5);
     - in inference mode also `detection_boxes` `[B, K, 4]` (original-image pixels,
       `[ymin, xmin, ymax, xmax]`), `detection_scores` `[B, K]`, `detection_classes`
-      `[B, K]` int32 contiguous ids 1..num_classes-1, `num_detections` `[B]` int32.
+      `[B, K]` int32 contiguous ids 1..num_real_classes, `num_detections` `[B]` int32.
+  `detection_params` are `ops.postprocess.postprocess` arguments; its
+  `num_real_classes` (the category table's size; default num_classes - 1) limits
+  detections to the class channels that have a dataset category id.
   """
 
   def __init__(self, backbone, feature_maps, head, anchor_boxes: np.ndarray,
@@ -39,6 +42,15 @@ class SSDLiteModel(tf_keras.Model):
   def anchor_boxes(self) -> np.ndarray:
     """`[N, 4]` float32 normalized `[ymin, xmin, ymax, xmax]` of the padded input."""
     return self._anchor_boxes
+
+  @property
+  def num_real_classes(self) -> int:
+    """Classes that can be detected (contiguous 1..this): the category table's size,
+    or num_classes - 1 when the model was built without one."""
+    value = self._detection_params.get('num_real_classes')
+    if value is None:
+      return int(self.head.get_config()['num_classes']) - 1
+    return int(value)
 
   @property
   def padded_size(self):

@@ -1,9 +1,10 @@
 """SSD post-processing: decode, map to original image pixels, fast class-aware NMS.
 
 Pipeline per image (batched except for the NMS call itself):
-  1. Top-k over the flattened `[num_anchors * (num_classes - 1)]` real-class logits
-     (channel 0, background, is ignored): `pre_nms_top_k` candidates, each an
-     (anchor, class) pair.
+  1. Top-k over the flattened `[num_anchors * num_real_classes]` real-class logits
+     (channel 0, background, is ignored, and so are tail channels past
+     `num_real_classes`, which have no dataset category): `pre_nms_top_k` candidates,
+     each an (anchor, class) pair.
   2. Sigmoid scores of the candidates only (sigmoid is monotonic).
   3. Decode the candidates' boxes (Faster R-CNN coder, `box_coder.decode`) and map
      them to original image pixels, clipped to the image (`map_boxes_to_original`);
@@ -114,7 +115,8 @@ def postprocess(cls_logits,
                 iou_threshold=IOU_THRESHOLD,
                 max_per_class=MAX_PER_CLASS,
                 max_total=MAX_TOTAL,
-                pre_nms_top_k=PRE_NMS_TOP_K):
+                pre_nms_top_k=PRE_NMS_TOP_K,
+                num_real_classes=None):
   """Decodes SSD outputs and runs class-aware NMS (see module docstring).
 
   Args:
@@ -131,6 +133,10 @@ def postprocess(cls_logits,
     max_per_class: max detections per class per image.
     max_total: max detections per image (output padding size).
     pre_nms_top_k: (anchor, class) candidates per image entering NMS.
+    num_real_classes: the classes that have a dataset category id (the category
+      table's size): only channels 1..num_real_classes are considered; channels past
+      it (a head wider than the dataset, e.g. 91 outputs for COCO's 80 categories)
+      are never detected. None: all C - 1.
 
   Returns:
     dict with
@@ -139,7 +145,7 @@ def postprocess(cls_logits,
       detection_scores: `[B, max_total]` float32 sigmoid scores, descending,
         zeros past `num_detections`.
       detection_classes: `[B, max_total]` int32 contiguous class ids in
-        1..C-1, zeros past `num_detections`.
+        1..num_real_classes (default C-1), zeros past `num_detections`.
       num_detections: `[B]` int32.
 
   Raises:
@@ -152,6 +158,11 @@ def postprocess(cls_logits,
   if num_classes is not None and num_classes < 2:
     raise ValueError(f'cls_logits has {num_classes} channels; need background + at '
                      f'least one class.')
+  if num_real_classes is not None and (num_real_classes < 1 or (
+      num_classes is not None and num_real_classes > num_classes - 1)):
+    raise ValueError(f'num_real_classes={num_real_classes} must be in 1..'
+                     f'{num_classes - 1} (cls_logits has {num_classes} channels, '
+                     f'background included).')
   for name, value in (('max_per_class', max_per_class), ('max_total', max_total),
                       ('pre_nms_top_k', pre_nms_top_k)):
     if value < 1:
@@ -159,7 +170,8 @@ def postprocess(cls_logits,
 
   with tf.name_scope('ssd_postprocess'):
     # Top-k on logits (sigmoid is monotonic), sigmoid only on the K survivors.
-    fg_logits = tf.cast(cls_logits[:, :, 1:], tf.float32)  # [B, N, C-1]
+    last = None if num_real_classes is None else int(num_real_classes) + 1
+    fg_logits = tf.cast(cls_logits[:, :, 1:last], tf.float32)  # [B, N, num_real]
     batch_size = tf.shape(fg_logits)[0]
     num_fg = _static_or_dynamic(fg_logits, 2)
     num_pairs = _static_or_dynamic(fg_logits, 1) * num_fg
@@ -168,7 +180,7 @@ def postprocess(cls_logits,
         tf.reshape(fg_logits, [batch_size, -1]), k=k, sorted=True)  # [B, K]
     top_scores = tf.sigmoid(top_logits)
     anchor_index = top_index // num_fg
-    top_classes = top_index % num_fg + 1  # Contiguous 1..C-1.
+    top_classes = top_index % num_fg + 1  # Contiguous 1..num_real.
 
     decoded = box_coder.decode(tf.cast(box_preds, tf.float32),
                                tf.cast(anchors, tf.float32))  # [B, N, 4]

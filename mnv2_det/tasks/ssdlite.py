@@ -57,7 +57,20 @@ class SSDLiteTask(base_task.Task):
 
   # ----------------------------------------------------------------- model
   def build_model(self) -> tf_keras.Model:
-    return factory.build_ssdlite_model(self.task_config.model)
+    """The detector; it detects only the K classes of the category table (contiguous
+    1..K): tail outputs past K (num_classes > K + 1) have no dataset id."""
+    return factory.build_ssdlite_model(self.task_config.model,
+                                       num_real_classes=self._num_real_classes())
+
+  def _num_real_classes(self) -> Optional[int]:
+    """K of the category table, or None (all num_classes - 1) when no annotation file
+    is configured or it does not exist (e.g. model stats of an experiment whose data
+    was never generated): then there are no dataset ids to map detections to."""
+    data = self.task_config.train_data
+    source = data.annotation_file or self.task_config.validation_data.annotation_file
+    if not source or not tf.io.gfile.exists(source):
+      return None
+    return len(self.category_map.dataset_ids)
 
   def initialize(self, model: tf_keras.Model):
     """Restores `init_checkpoint` (modules: 'all' or 'backbone') if set."""
@@ -88,13 +101,16 @@ class SSDLiteTask(base_task.Task):
       if not source:
         raise ValueError('task.train_data.annotation_file (a COCO JSON) is needed for the '
                          'category table')
-      self._category_map = input_pipeline.load_category_map(source)
-      expected = self.task_config.model.num_classes - 1
-      if self._category_map.num_classes > expected:
+      category_map = input_pipeline.load_category_map(source)
+      num_categories = len(category_map.dataset_ids)
+      num_classes = self.task_config.model.num_classes
+      # num_classes counts background at index 0: K categories need K + 1 outputs.
+      if category_map.num_classes > num_classes:
         raise ValueError(
-            f'{source}: {self._category_map.num_classes} categories, but '
-            f'task.model.num_classes = {self.task_config.model.num_classes} leaves room for '
-            f'{expected} (index 0 is background)')
+            f'{source}: {num_categories} categories need task.model.num_classes >= '
+            f'{category_map.num_classes} ({num_categories} + background at index 0), '
+            f'got {num_classes}')
+      self._category_map = category_map
     return self._category_map
 
   def anchor_labeler(self):
@@ -203,6 +219,8 @@ class SSDLiteTask(base_task.Task):
         'image_info': labels['image_info'],
         'detection_boxes': outputs['detection_boxes'],
         'detection_scores': outputs['detection_scores'],
+        # The model detects only contiguous 1..K, so every detection has a dataset id;
+        # padding rows (class 0) become -1, which COCOeval ignores (no such category).
         'detection_classes': self.category_map.tf_to_dataset(outputs['detection_classes']),
         'num_detections': outputs['num_detections'],
     }

@@ -101,7 +101,7 @@ def _coco_ap50(task, model, dataset, training):
     det = postprocess.postprocess(
         anchor_ops.flatten_levels(out['cls_outputs'], num_classes),
         anchor_ops.flatten_levels(out['box_outputs'], 4), tf.constant(model.anchor_boxes),
-        labels['image_info'], input_size=model.padded_size)
+        labels['image_info'], input_size=model.input_size)
     det['detection_classes'] = task.category_map.tf_to_dataset(det['detection_classes'])
     det.update(source_id=labels['source_id'], image_info=labels['image_info'])
     evaluator.update_state(labels['groundtruths'], det)

@@ -12,8 +12,8 @@ Host-side steps around the interpreter (an app on device does the same itself):
   1. resize + normalize exactly as the eval pipeline (`serving_inputs.prepare_image`,
      TF ops), then back to pixel values [0, 255] (the model normalizes inside);
      quantized to the input's (scale, zero point) for an int8 model;
-  2. the op's boxes (normalized, padded network frame) -> original pixels with the
-     image_info of step 1 (`ops.postprocess.map_boxes_to_original`), clipped; boxes
+  2. the op's boxes (normalized to the network input frame, docs/frames.md) -> original
+     pixels with the image_info of step 1 (`ops.postprocess.map_boxes_to_original`), clipped; boxes
      left with zero area are dropped (as the TF post-processing does);
   3. classes: op class + 1 = contiguous index -> dataset id (metadata table).
 
@@ -160,6 +160,14 @@ class TFLiteDetector:
     return tuple(int(s) for s in self.info['input_size'])
 
   @property
+  def box_frame_size(self):
+    """(H, W) the op's boxes are normalized to: the input frame (metadata `box_frame`
+    'input', version 2), or the padded frame for files of version 1, which had none."""
+    if self.info.get('box_frame') == tflite_convert.BOX_FRAME:
+      return self.input_size
+    return tuple(int(s) for s in self.info['padded_size'])
+
+  @property
   def input_dtype(self):
     return np.dtype(self._input['dtype'])
 
@@ -171,8 +179,8 @@ class TFLiteDetector:
         resized (and padded) to `input_size`.
 
     Returns:
-      The op's outputs: detection_boxes `[1, K, 4]` normalized yxyx (padded
-      network frame), detection_classes `[1, K]` int32 CONTIGUOUS indices,
+      The op's outputs: detection_boxes `[1, K, 4]` normalized yxyx of
+      `box_frame_size`, detection_classes `[1, K]` int32 CONTIGUOUS indices,
       detection_scores `[1, K]`, num_detections `[1]` int32.
     """
     pixels = np.asarray(pixels, np.float32).reshape(self._input['shape'])
@@ -198,7 +206,7 @@ class TFLiteDetector:
     classes stay contiguous."""
     boxes = postprocess.map_boxes_to_original(
         raw['detection_boxes'], np.asarray(image_info, np.float32).reshape([1, 4, 2]),
-        self.info['padded_size']).numpy()[0]
+        self.box_frame_size).numpy()[0]
     n = int(raw['num_detections'][0])
     # Classes past the category table (only in files written before tail outputs were
     # cut from the export) have no dataset id: dropped like zero-area boxes.

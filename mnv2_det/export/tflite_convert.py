@@ -5,7 +5,8 @@ in [0, 255]: float32 for fp32 / fp16, uint8 for int8 (its quantization is whatev
 calibration gives, ~scale 1, zero point 0; `TFLiteDetector` reads it). Resizing happens
 OUTSIDE the model (as the eval pipeline does it; `TFLiteDetector` uses the same TF
 functions); normalization (2/255)·x − 1 is inside. Outputs (float32): the op's
-detection_boxes `[1, K, 4]` normalized yxyx of the padded network frame,
+detection_boxes `[1, K, 4]` normalized yxyx of the network input frame (the anchors
+fed to the op are in that frame, docs/frames.md),
 detection_classes `[1, K]` 0-based real class (contiguous index − 1),
 detection_scores `[1, K]`, num_detections `[1]` (see tflite_postprocess).
 
@@ -59,7 +60,9 @@ DEFAULT_REPRESENTATIVE_IMAGES = 100
 DEFAULT_REPRESENTATIVE_SEED = 0
 METADATA_NAME = 'mnv2_det_detector'
 METADATA_FORMAT = 'mnv2_det.tflite_detector'
-METADATA_VERSION = 1
+# 2: boxes normalized to the input frame (`box_frame`); 1 had them in the padded frame.
+METADATA_VERSION = 2
+BOX_FRAME = 'input'
 INPUT_NAME = 'images'
 OUTPUT_KEYS = ('detection_boxes', 'detection_classes', 'detection_scores',
                'num_detections')
@@ -248,7 +251,8 @@ def tflite_detector_bytes(params, model, category_map: CategoryMap, quant: str,
   info = saved_model.detector_info(
       params, category_map, format=METADATA_FORMAT, version=METADATA_VERSION,
       experiment=experiment, quantization=quant,
-      padded_size=[int(s) for s in model.padded_size], use_regular_nms=use_regular_nms,
+      padded_size=[int(s) for s in model.padded_size], box_frame=BOX_FRAME,
+      use_regular_nms=use_regular_nms,
       input_pixel_range=[0, 255], pad_pixel_value=float(
           serving_inputs.normalized_to_pixels(preprocess.PAD_VALUE).numpy()))
   return add_metadata(tflite_model, info)

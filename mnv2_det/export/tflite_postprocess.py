@@ -12,15 +12,16 @@ Op contract (tensorflow/lite/kernels/detection_postprocess.cc):
           `[1, N, num_classes + 1]` AFTER the activation (the op applies none; we feed
           sigmoid), column 0 background, and anchors `[N, 4]` CENTER-SIZE
           (ycenter, xcenter, h, w) normalized;
-  outputs boxes `[1, K, 4]` normalized `[ymin, xmin, ymax, xmax]` of the network input
-          (padded) frame, classes `[1, K]` float 0-based among the real classes
-          (= contiguous index - 1), scores `[1, K]`, num_detections `[1]`.
+  outputs boxes `[1, K, 4]` normalized `[ymin, xmin, ymax, xmax]` of the frame the
+          anchors are normalized to (ours: the network input frame, docs/frames.md),
+          classes `[1, K]` float 0-based among the real classes (= contiguous
+          index - 1), scores `[1, K]`, num_detections `[1]`.
 The `num_classes` attribute excludes background: the op sees one more score column
 and skips it (label offset 1).
 
 Differences from `mnv2_det.ops.postprocess` (the Keras/SavedModel path): no
 `pre_nms_top_k` cut, no clamp of th/tw before exp, and NMS runs on unclipped boxes
-of the network frame (our TF path clips to the image first); `TFLiteDetector` maps the
+of the network input frame (our TF path clips to the image first); `TFLiteDetector` maps the
 boxes to original pixels, clips and drops boxes left with zero area afterwards.
 """
 

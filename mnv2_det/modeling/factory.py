@@ -30,15 +30,25 @@ def anchors_per_location(model_config: ssdlite_cfg.SSDLite):
 
 
 def build_anchors(model_config: ssdlite_cfg.SSDLite) -> np.ndarray:
-  """`[N, 4]` float32 normalized yxyx anchors of the padded input (OD API order)."""
+  """`[N, 4]` float32 anchors, OD API order, normalized `[ymin, xmin, ymax, xmax]` of
+  the network INPUT frame (`input_size`, before padding; docs/frames.md).
+
+  The grid and scales are laid out over the padded frame the feature maps really
+  cover (cell centres at the receptive-field centres), then re-expressed in the input
+  frame: ratio padded / input, so anchors of cells that lie in the padding exceed 1.
+  With `input_size` a multiple of `pad_to_multiple` both frames are the same.
+  """
   a = model_config.anchor
   size = padded_input_size(model_config)
   shapes = anchor_ops.ssd_feature_map_shapes(size, num_layers=a.num_layers)
-  return anchor_ops.generate_ssd_anchors(
+  padded_frame = anchor_ops.generate_ssd_anchors(
       shapes, num_layers=a.num_layers, min_scale=a.min_scale, max_scale=a.max_scale,
       aspect_ratios=a.aspect_ratios,
       interpolated_scale_aspect_ratio=a.interpolated_scale_aspect_ratio,
       reduce_boxes_in_lowest_layer=a.reduce_boxes_in_lowest_layer, image_shape=size)
+  input_hw = [int(s) for s in model_config.input_size[:2]]
+  return padding.boxes_padded_to_original(
+      tf.constant(padded_frame), input_hw, list(size)).numpy().astype(np.float32)
 
 
 def build_ssdlite_model(model_config: ssdlite_cfg.SSDLite, input_specs=None,

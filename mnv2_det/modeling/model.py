@@ -40,8 +40,14 @@ class SSDLiteModel(tf_keras.Model):
 
   @property
   def anchor_boxes(self) -> np.ndarray:
-    """`[N, 4]` float32 normalized `[ymin, xmin, ymax, xmax]` of the padded input."""
+    """`[N, 4]` float32 normalized `[ymin, xmin, ymax, xmax]` of the network input
+    frame (`input_size`, before padding; docs/frames.md)."""
     return self._anchor_boxes
+
+  @property
+  def input_size(self):
+    """(H, W) of the network input, before the backbone pads it."""
+    return tuple(self._input_size)
 
   @property
   def num_real_classes(self) -> int:
@@ -77,7 +83,7 @@ class SSDLiteModel(tf_keras.Model):
     detections = postprocess_ops.postprocess(
         tf.cast(cls_flat, tf.float32), tf.cast(box_flat, tf.float32),
         tf.constant(self._anchor_boxes), tf.cast(image_info, tf.float32),
-        input_size=self.padded_size, **self._detection_params)
+        input_size=self._input_size, **self._detection_params)
     outputs.update(detections)
     return outputs
 

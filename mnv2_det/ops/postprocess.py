@@ -62,10 +62,11 @@ def map_boxes_to_original(boxes, image_info, input_size):
                  [y_scale, x_scale], [y_offset, x_offset]]`
   and maps an original pixel `p` to the network input as `p * scale - offset`
   (`preprocess_ops.resize_and_crop_boxes`; offset > 0 only for random crops). The
-  network input (padded) has size `input_size = (H_pad, W_pad)`. This function
+  network input has size `input_size = (H, W)`, the size BEFORE the backbone pads it
+  (boxes and anchors are normalized to that frame, docs/frames.md). This function
   inverts that, per coordinate pair `(y, x)`:
 
-    pixel_in_input = box_normalized * (H_pad, W_pad)
+    pixel_in_input = box_normalized * (H, W)
     original       = (pixel_in_input + (y_offset, x_offset)) / (y_scale, x_scale)
     clipped        = clip(original, 0, (original_h, original_w))
 
@@ -73,8 +74,8 @@ def map_boxes_to_original(boxes, image_info, input_size):
     boxes: `[B, K, 4]` float, normalized `[ymin, xmin, ymax, xmax]` of the network
       input frame.
     image_info: `[B, 4, 2]` float, Model Garden image_info.
-    input_size: `(H_pad, W_pad)` python ints, or an int/float tensor of shape `[2]`
-      or `[B, 2]`.
+    input_size: `(H, W)` of the network input frame: python ints, or an int/float
+      tensor of shape `[2]` or `[B, 2]`.
 
   Returns:
     `[B, K, 4]` float32 `[ymin, xmin, ymax, xmax]` in original image pixels.
@@ -126,8 +127,8 @@ def postprocess(cls_logits,
       input frame.
     image_info: `[B, 4, 2]` float32 Model Garden image_info (see
       `map_boxes_to_original` for the exact coordinate mapping).
-    input_size: `(H_pad, W_pad)` of the network input: python ints or a tensor of
-      shape `[2]` or `[B, 2]`.
+    input_size: `(H, W)` of the network input frame (before padding): python ints
+      or a tensor of shape `[2]` or `[B, 2]`.
     score_threshold: keep candidates with sigmoid score strictly above this.
     iou_threshold: NMS IoU threshold (same class only).
     max_per_class: max detections per class per image.

@@ -114,20 +114,46 @@ def test_bad_params_override_is_one_line(tmp_path, data_dir):
   assert 'error:' in result.stderr and 'Traceback' not in result.stderr
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):
+# Divergence only after the first checkpoint: learning rate 1e-4 (warmup) and 1e-3 for
+# steps 1-2, then 1e30 (Adam moves every weight by ~lr) from step 3, so step 3's update
+# overflows the weights and step 4's loss is NaN. The checkpoint of step 2 exists first.
+DIVERGE_OVERRIDES = ','.join([
+    'trainer.optimizer_config.warmup.linear.warmup_steps=1',
+    'trainer.optimizer_config.learning_rate.type=stepwise',
+    'trainer.optimizer_config.learning_rate.stepwise.boundaries=[1]',
+    'trainer.optimizer_config.learning_rate.stepwise.values=[0.001,1e30]',
+])
+
+
+def _all_finite(checkpoint):
+  reader = tf.train.load_checkpoint(checkpoint)
+  floats = 0
+  for name in reader.get_variable_to_shape_map():
+    value = reader.get_tensor(name)
+    if isinstance(value, np.ndarray) and value.dtype.kind == 'f':
+      floats += 1
+      assert np.all(np.isfinite(value)), name
+  return floats
+
+
+def test_nan_loss_after_a_checkpoint_stops_and_keeps_it(tmp_path, data_dir):
   model_dir = tmp_path / 'nan'
-  overrides = _overrides(
-      data_dir, 40, 'trainer.optimizer_config.learning_rate.cosine.initial_learning_rate=1e12')
-  result = _train(model_dir, overrides)
+  result = _train(model_dir, _overrides(data_dir, 8, DIVERGE_OVERRIDES))
   assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
-  assert 'non-finite loss' in result.stderr and 'in steps' in result.stderr
-  latest = tf.train.latest_checkpoint(model_dir)
-  if latest is not None:  # every saved checkpoint holds finite weights
-    reader = tf.train.load_checkpoint(latest)
-    for name in reader.get_variable_to_shape_map():
-      value = reader.get_tensor(name)
-      if isinstance(value, np.ndarray) and value.dtype.kind == 'f':
-        assert np.all(np.isfinite(value)), name
+  # Steps 1-2 trained with a finite loss and were checkpointed before the divergence.
+  assert 'step 2/8 | loss ' in result.stdout and 'step 4/8' not in result.stdout
+  good = str(model_dir / 'ckpt-2')
+  assert tf.train.latest_checkpoint(model_dir) == good
+  assert tf.train.get_checkpoint_state(model_dir).all_model_checkpoint_paths == [good]
+  reader = tf.train.load_checkpoint(good)
+  assert int(reader.get_tensor('global_step/.ATTRIBUTES/VARIABLE_VALUE')) == 2
+  assert _all_finite(good) > 300  # model weights, BN statistics and Adam slots
+  error = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+  assert len(error) == 1, result.stderr[-2000:]
+  assert 'non-finite loss' in error[0] and 'in steps 3..4' in error[0]
+  assert 'the weights of step 4 were not saved' in error[0]
+  assert f'last good checkpoint: {good}' in error[0]
+  assert 'Traceback' not in result.stderr
 
 
 def test_resume_after_kill_9(trained_dir, data_dir):

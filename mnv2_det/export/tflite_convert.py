@@ -25,7 +25,10 @@ network. For on-device use raise it (`--params_override
 task.model.detection_generator.score_threshold=0.05`) or export with fast NMS.
 
 The file carries a JSON metadata entry (METADATA_NAME) with input size, padded size,
-resize mode, dataset ids / names and NMS settings, read back by `TFLiteDetector`.
+resize mode, dataset ids / names and NMS settings, read back by `TFLiteDetector`, and
+the standard TFLite Model Metadata (`TFLITE_METADATA` + a zip-appended label file) that
+MediaPipe / the TFLite Task Library need (`tflite_metadata`); the subgraph outputs are
+in the op's order boxes, classes, scores, num_detections.
 
 Classes: only the category table's K classes are exported (score columns 0..K, op
 `num_classes` K, metadata `num_classes` K + 1 with K ids / names); head outputs past K
@@ -49,6 +52,7 @@ from mnv2_det.export import atomic
 from mnv2_det.export import loader
 from mnv2_det.export import saved_model
 from mnv2_det.export import serving_inputs
+from mnv2_det.export import tflite_metadata
 from mnv2_det.export import tflite_postprocess
 from mnv2_det.ops import anchors as anchor_ops
 from mnv2_det.ops import box_coder
@@ -255,7 +259,7 @@ def tflite_detector_bytes(params, model, category_map: CategoryMap, quant: str,
       use_regular_nms=use_regular_nms,
       input_pixel_range=[0, 255], pad_pixel_value=float(
           serving_inputs.normalized_to_pixels(preprocess.PAD_VALUE).numpy()))
-  return add_metadata(tflite_model, info)
+  return tflite_metadata.add_detector_metadata(add_metadata(tflite_model, info), info)
 
 
 def export_tflite(params, model, category_map: CategoryMap, output: str, quant: str,

@@ -50,6 +50,9 @@ class MobileNetV2Det(hyperparams.Config):
     regularize_depthwise: also decay depthwise kernels (slim does not).
     activity_regularizer: penalty on the returned endpoints.
     weights: local keras .h5 / TF1 slim checkpoint / TF2 checkpoint to initialize from.
+    full_depth_final_conv: below multiplier 1, keep `layer_19` at 1280 channels (slim
+      finegrain mode, our default); False scales it as the OD API's ssd_mobilenet_v2
+      feature extractor does (set by OD API imports).
   """
   depth_multiplier: float = 1.0
   min_depth: int = 8
@@ -66,6 +69,7 @@ class MobileNetV2Det(hyperparams.Config):
   activity_regularizer: ActivityRegularizer = dataclasses.field(
       default_factory=ActivityRegularizer)
   weights: str = ''
+  full_depth_final_conv: bool = True
 
 
 @dataclasses.dataclass

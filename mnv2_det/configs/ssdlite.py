@@ -54,6 +54,8 @@ class DetectionGenerator(hyperparams.Config):
   max_detections_per_class: int = 100
   max_num_detections: int = 100
   pre_nms_top_k: int = 1000
+  # False: NMS on unclipped boxes, then clip (OD API order; set by OD API imports).
+  clip_before_nms: bool = True
 
 
 @dataclasses.dataclass

@@ -61,6 +61,7 @@ class MobileNetV2Backbone(tf_keras.Model):
                use_sync_bn: bool = False,
                activity_l1: float = 0.0,
                activity_l2: float = 0.0,
+               full_depth_final_conv: bool = True,
                **kwargs):
     """Builds the graph.
 
@@ -79,6 +80,8 @@ class MobileNetV2Backbone(tf_keras.Model):
       activity_l1, activity_l2: if non-zero, an `ActivityRegularization` layer follows
         every returned endpoint. This is the one route for activity regularization: it
         is the same penalty as `activity_regularizer=` on the producing layer.
+      full_depth_final_conv: keep 1280 channels in `layer_19` below multiplier 1
+        (slim finegrain mode); False scales it (OD API ssd_mobilenet_v2).
     """
     input_shape = _input_shape(input_specs)
     _validate_args(depth_multiplier, output_stride, endpoints, pad_to_multiple)
@@ -88,7 +91,8 @@ class MobileNetV2Backbone(tf_keras.Model):
         endpoints=list(endpoints), pad_to_multiple=pad_to_multiple,
         weight_decay=weight_decay, regularize_depthwise=regularize_depthwise,
         init_stddev=init_stddev, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
-        use_sync_bn=use_sync_bn, activity_l1=activity_l1, activity_l2=activity_l2)
+        use_sync_bn=use_sync_bn, activity_l1=activity_l1, activity_l2=activity_l2,
+        full_depth_final_conv=full_depth_final_conv)
     builder = _GraphBuilder(self._config_dict)
     inputs = tf_keras.Input(shape=input_shape[1:], batch_size=input_shape[0],
                             name='images')
@@ -135,7 +139,8 @@ class _GraphBuilder:
 
   def _depth(self, spec):
     return spec_lib.scaled_depth(spec, self.cfg['depth_multiplier'],
-                                 self.cfg['min_depth'], self.cfg['divisible_by'])
+                                 self.cfg['min_depth'], self.cfg['divisible_by'],
+                                 self.cfg.get('full_depth_final_conv', True))
 
   def _bn(self, x, name):
     return layers.batch_norm(self.cfg['bn_momentum'], self.cfg['bn_epsilon'],
@@ -301,7 +306,8 @@ def build_mnv2_det(input_specs, backbone_config, norm_activation_config,
       bn_epsilon=pick(cfg.bn_epsilon, preset.bn_epsilon),
       use_sync_bn=bool(norm_activation_config.use_sync_bn) if norm_activation_config else False,
       activity_l1=cfg.activity_regularizer.l1,
-      activity_l2=cfg.activity_regularizer.l2)
+      activity_l2=cfg.activity_regularizer.l2,
+      full_depth_final_conv=cfg.full_depth_final_conv)
   if cfg.weights:
     from mnv2_det.weights import load_backbone_weights  # pylint: disable=g-import-not-at-top
     load_backbone_weights(model, cfg.weights)

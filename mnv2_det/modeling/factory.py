@@ -97,7 +97,8 @@ def build_ssdlite_model(model_config: ssdlite_cfg.SSDLite, input_specs=None,
       detection_params=dict(
           score_threshold=gen.score_threshold, iou_threshold=gen.iou_threshold,
           max_per_class=gen.max_detections_per_class, max_total=gen.max_num_detections,
-          pre_nms_top_k=gen.pre_nms_top_k, num_real_classes=num_real_classes),
+          pre_nms_top_k=gen.pre_nms_top_k, clip_before_nms=gen.clip_before_nms,
+          num_real_classes=num_real_classes),
       name='ssdlite_mnv2')
   batch = input_specs.shape[0] or 1
   # A tensor (not a Variable) so the Keras save spec stays a TensorSpec.

@@ -60,9 +60,11 @@ LEVEL_ENDPOINTS = {'2': 'layer_4', '3': 'layer_7', '4': 'layer_14', '5': 'layer_
 
 
 def scaled_depth(spec: LayerSpec, depth_multiplier: float, min_depth: int,
-                 divisible_by: int) -> int:
-  """Output channels of `spec` under slim's depth rules (finegrain mode for 1280)."""
-  if spec.index == NUM_LAYERS and depth_multiplier < 1.0:
+                 divisible_by: int, full_depth_final_conv: bool = True) -> int:
+  """Output channels of `spec` under slim's depth rules. With `full_depth_final_conv`
+  (slim's finegrain_classification_mode) the 1280 conv keeps 1280 below multiplier 1;
+  without it (the OD API's ssd_mobilenet_v2 extractor) it is scaled like the rest."""
+  if spec.index == NUM_LAYERS and depth_multiplier < 1.0 and full_depth_final_conv:
     return spec.depth
   return make_divisible(spec.depth * depth_multiplier, divisible_by, min_depth)
 

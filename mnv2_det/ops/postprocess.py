@@ -117,6 +117,7 @@ def postprocess(cls_logits,
                 max_per_class=MAX_PER_CLASS,
                 max_total=MAX_TOTAL,
                 pre_nms_top_k=PRE_NMS_TOP_K,
+                clip_before_nms=True,
                 num_real_classes=None):
   """Decodes SSD outputs and runs class-aware NMS (see module docstring).
 
@@ -134,6 +135,11 @@ def postprocess(cls_logits,
     max_per_class: max detections per class per image.
     max_total: max detections per image (output padding size).
     pre_nms_top_k: (anchor, class) candidates per image entering NMS.
+    clip_before_nms: clip boxes to the image (dropping zero-area ones) before NMS,
+      as above; False runs NMS on the unclipped boxes and clips and drops afterwards,
+      the OD API v2.8 order (`multiclass_non_max_suppression` with a clip window).
+      Then NMS returns up to 2 * max_total picks before the drop, so the two orders
+      agree unless more than max_total picks fall wholly outside the image.
     num_real_classes: the classes that have a dataset category id (the category
       table's size): only channels 1..num_real_classes are considered; channels past
       it (a head wider than the dataset, e.g. 91 outputs for COCO's 80 categories)
@@ -199,13 +205,22 @@ def postprocess(cls_logits,
 
     num_class_channels = num_fg + 1
     # Greedy NMS may stop after max_total picks unless a per-class cap can still
-    # drop some of them afterwards (then it must see all K candidates).
+    # drop some of them afterwards (then it must see all K candidates). NMS on
+    # unclipped boxes prunes outside boxes afterwards: room for as many again.
     cap_per_class = max_per_class < max_total
-    nms_max_output = k if cap_per_class else _minimum(max_total, k)
+    nms_max_output = k if cap_per_class else _minimum(
+        max_total if clip_before_nms else 2 * max_total, k)
+    if clip_before_nms:
+      nms_boxes, nms_input_scores = unit_boxes, nms_scores
+    else:  # OD API v2.8 order: NMS, then clip to the image and drop zero-area boxes.
+      nms_boxes, nms_input_scores = top_boxes, top_scores
 
     def _nms_one_image(args):
-      boxes, image_scores, classes = args
-      shifted = boxes + CLASS_OFFSET_STEP * tf.cast(classes, tf.float32)[:, tf.newaxis]
+      boxes, image_scores, classes, keep_mask = args
+      # Unclipped boxes may leave [0, 1]: bands wide enough for this image's extent.
+      step = (CLASS_OFFSET_STEP if clip_before_nms else
+              2.0 * tf.reduce_max(tf.abs(boxes)) + 1.0)
+      shifted = boxes + step * tf.cast(classes, tf.float32)[:, tf.newaxis]
       selected = tf.image.non_max_suppression(
           shifted, image_scores, max_output_size=nms_max_output,
           iou_threshold=iou_threshold,
@@ -215,13 +230,15 @@ def postprocess(cls_logits,
                              dtype=tf.int32)
         rank_in_class = tf.reduce_sum(tf.cumsum(one_hot, axis=0) * one_hot, axis=1) - 1
         selected = tf.boolean_mask(selected, rank_in_class < max_per_class)
+      if not clip_before_nms:
+        selected = tf.boolean_mask(selected, tf.gather(keep_mask, selected))
       selected = selected[:max_total]
       num = tf.size(selected, out_type=tf.int32)
       padded = tf.pad(selected, [[0, max_total - num]])
       return padded, num
 
     keep, num_detections = tf.map_fn(
-        _nms_one_image, (unit_boxes, nms_scores, top_classes),
+        _nms_one_image, (nms_boxes, nms_input_scores, top_classes, inside),
         fn_output_signature=(tf.TensorSpec([max_total], tf.int32),
                              tf.TensorSpec([], tf.int32)))
     valid = tf.range(max_total)[tf.newaxis, :] < num_detections[:, tf.newaxis]

@@ -7,7 +7,8 @@ subprocess for all models. Never skipped.
 
 Models: the tiny shapes detector with spread weights at 144x144 and 144x200, inputs
 that are not multiples of 32 (the backbone pads them to 160x160 / 160x224 inside the
-graph), fp32 and int8, default export (regular NMS, 100 detections).
+graph), fp32 and int8, default export (regular NMS, 100 detections); and the mobile
+preset (fast NMS, 10 detections, threshold 0.3) at 144x200 int8.
 
 Images: a smooth random image at the input size, given as is and upsampled x3 by
 pixel repetition. MediaPipe resizes with OpenCV, `TFLiteDetector` with TF bilinear;
@@ -35,12 +36,17 @@ import tensorflow as tf
 from mnv2_det.data import shapes
 from mnv2_det.export import tflite
 from mnv2_det.export import tflite_convert
+from mnv2_det.export import tflite_presets
 from detector_weights import spread_detector, tiny_overrides
 import mediapipe_env
 import tflite_metadata_checks as checks
 
 SIZES = ((144, 144), (144, 200))
 QUANTS = ('fp32', 'int8')
+# Plus the mobile preset (fast NMS, 10 detections, threshold 0.3) at 144x200, int8.
+MOBILE_CASE = ((144, 200), 'int8', 'mobile')
+CASES = [(hw, q, 'default') for hw in SIZES for q in QUANTS] + [MOBILE_CASE]
+CASE_IDS = [f'{h}x{w}-{q}-{p}' for (h, w), q, p in CASES]
 UPSAMPLE = 3
 BOX_TOL_PX = 0.5
 SCORE_ATOL = 1e-5
@@ -73,13 +79,18 @@ def run(tmp_path_factory):
     for k in (1, UPSAMPLE):
       images[k] = np.repeat(np.repeat(base, k, axis=0), k, axis=1)
       np.save(str(root / f'image_{hw[0]}x{hw[1]}_x{k}.npy'), images[k])
-    for quant in QUANTS:
+    for case_hw, quant, preset in CASES:
+      if case_hw != hw:
+        continue
       representative = (tflite_convert.representative_images(task, params, REPRESENTATIVE)
                         if quant == 'int8' else None)
+      preset_params, use_regular_nms, extra = tflite_presets.apply(params, preset)
       path = tflite_convert.export_tflite(
-          params, model, task.category_map, str(root / f'{hw[0]}x{hw[1]}_{quant}.tflite'),
-          quant, representative=representative)
-      cases.append(dict(hw=hw, quant=quant, path=path, images=images))
+          preset_params, model, task.category_map,
+          str(root / f'{hw[0]}x{hw[1]}_{quant}_{preset}.tflite'), quant,
+          representative=representative, use_regular_nms=use_regular_nms,
+          extra_info=extra)
+      cases.append(dict(hw=hw, quant=quant, preset=preset, path=path, images=images))
       request['models'].append({'path': path, 'images': [
           str(root / f'image_{hw[0]}x{hw[1]}_x{k}.npy') for k in images]})
   request_path = str(root / 'request.json')
@@ -154,8 +165,7 @@ def _compare(ours, mediapipe, hw):
   return problems, compared
 
 
-@pytest.mark.parametrize('index', range(len(SIZES) * len(QUANTS)),
-                         ids=[f'{h}x{w}-{q}' for h, w in SIZES for q in QUANTS])
+@pytest.mark.parametrize('index', range(len(CASES)), ids=CASE_IDS)
 def test_mediapipe_detections_equal_tflite_detector(run, index):
   case = run[index]
   hw = case['hw']
@@ -163,10 +173,16 @@ def test_mediapipe_detections_equal_tflite_detector(run, index):
     image = case['images'][k]
     image_hw = image.shape[:2]
     ours = _ours(case['path'], image)
-    assert len(ours) > 50 and len(detections) > 50
+    mobile = case['preset'] == 'mobile'
+    if mobile:  # fast NMS: one class per box, at most 10, all above 0.3
+      assert 5 <= len(ours) <= tflite_presets.MOBILE_MAX_DETECTIONS
+      assert min(s for _, _, s in ours) > tflite_presets.MOBILE_SCORE_THRESHOLD
+      assert all(len(d['categories']) == 1 for d in detections)
+    else:
+      assert len(ours) > 50 and len(detections) > 50
     problems, compared = _compare(ours, detections, image_hw)
     assert not problems, f'x{k}: ' + '\n'.join(problems[:10])
-    assert compared >= MIN_COMPARED_BOXES
+    assert compared >= (3 if mobile else MIN_COMPARED_BOXES)
     # The comparison sees the #12 bug: boxes scaled by 0.9 (144/160) fail it.
     far = [b for b, _, _ in ours if b[3] > 0.6 * image_hw[1] or b[2] > 0.6 * image_hw[0]]
     assert far
@@ -181,8 +197,7 @@ def test_mediapipe_detections_equal_tflite_detector(run, index):
   assert hw == tuple(info['input_size'])
 
 
-@pytest.mark.parametrize('index', range(len(SIZES) * len(QUANTS)),
-                         ids=[f'{h}x{w}-{q}' for h, w in SIZES for q in QUANTS])
+@pytest.mark.parametrize('index', range(len(CASES)), ids=CASE_IDS)
 def test_mediapipe_reads_the_standard_metadata(run, index):
   """The TFLITE_METADATA as MediaPipe's own generated schema bindings read it."""
   case = run[index]

@@ -4,7 +4,8 @@
       --checkpoint runs/shapes --output exports/shapes_sm [--batch_size 8]
   python tools/export.py tflite --experiment ssdlite_mnv2_shapes \
       --checkpoint runs/shapes --output exports/shapes_int8.tflite --quant int8 \
-      [--representative_images 100] [--fast_nms] [--recalibrate_bn 20]
+      [--representative_images 100] [--fast_nms] [--recalibrate_bn 20] \
+      [--preset mobile] [--max_detections 10] [--score_threshold 0.3]
 
 Common flags: --config_file (repeatable), --params_override k=v,..., --best (with a
 model_dir: best_ckpt/), --overwrite, --recalibrate_bn N (re-estimate every BN layer's
@@ -13,6 +14,11 @@ exporting, as `tools/bn_audit.py --recalibrate` does; the checkpoint is not chan
 --checkpoint is a prefix (runs/shapes/ckpt-1500) or a model_dir (latest checkpoint and
 its params.yaml). Errors print one
 `error: ...` line and exit with code 2; nothing is left at --output.
+
+TFLite presets (mnv2_det/export/tflite_presets.py): `default` keeps the config's
+post-processing (regular NMS, threshold 1e-8, 100 detections: for evaluation);
+`--preset mobile` exports for apps: fast NMS, 10 detections, score threshold 0.3, safe
+with any interpreter thread count. --max_detections / --score_threshold override either.
 
 TFLite notes: the model input is [1, H, W, 3] at the config input size (resize outside,
 see mnv2_det/export/tflite.py); with the config's score threshold 1e-8 regular NMS is
@@ -35,6 +41,7 @@ from mnv2_det.export import loader
 from mnv2_det.export import saved_model
 from mnv2_det.export import tflite as tflite_runtime
 from mnv2_det.export import tflite_convert
+from mnv2_det.export import tflite_presets
 from mnv2_det.tools_lib import checkpoints
 
 BYTES_PER_MB = 1024.0 * 1024.0
@@ -77,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help='int8: calibration images from the training set (no augmentation)')
   tfl.add_argument('--fast_nms', action='store_true',
                    help="the op's class-agnostic fast NMS instead of per-class NMS")
+  tfl.add_argument('--preset', choices=sorted(tflite_presets.PRESETS),
+                   default=tflite_presets.DEFAULT,
+                   help='post-processing preset: default (the config) or mobile (fast '
+                        f'NMS, {tflite_presets.MOBILE_MAX_DETECTIONS} detections, score '
+                        f'threshold {tflite_presets.MOBILE_SCORE_THRESHOLD})')
+  tfl.add_argument('--max_detections', type=int,
+                   help='output rows of the post-process op (overrides the preset)')
+  tfl.add_argument('--score_threshold', type=float,
+                   help='keep detections scoring above this (overrides the preset)')
   return parser
 
 
@@ -103,6 +119,11 @@ def run(args) -> str:
     loader.optional_int(args.batch_size, '--batch_size')
   else:
     loader.optional_int(args.representative_images, '--representative_images')
+    tflite_presets.get(args.preset)
+    try:
+      tflite_presets.validate(args.max_detections, args.score_threshold)
+    except ValueError as e:
+      raise ValueError(f'--{e}') from e
   loader.optional_int(args.recalibrate_bn, '--recalibrate_bn')
   start = time.perf_counter()
   loaded = loader.load_detector(args.experiment, args.checkpoint, args.config_file,
@@ -120,10 +141,14 @@ def run(args) -> str:
     if args.quant == 'int8':
       representative = tflite_convert.representative_images(
           loaded.task, loaded.params, args.representative_images)
+    params, use_regular_nms, extra = tflite_presets.apply(
+        loaded.params, args.preset, args.max_detections, args.score_threshold,
+        args.fast_nms)
     path = tflite_convert.export_tflite(
-        loaded.params, loaded.model, loaded.category_map, args.output, args.quant,
-        representative=representative, use_regular_nms=not args.fast_nms,
-        overwrite=args.overwrite, experiment=args.experiment, verify=smoke_test)
+        params, loaded.model, loaded.category_map, args.output, args.quant,
+        representative=representative, use_regular_nms=use_regular_nms,
+        overwrite=args.overwrite, experiment=args.experiment, verify=smoke_test,
+        extra_info=extra)
   print(f'exported {args.format} from {loaded.checkpoint} to {path} '
         f'({_size_mb(path):.2f} MB, {time.perf_counter() - start:.1f} s)')
   return path

@@ -193,11 +193,15 @@ class TFLiteDetector:
       value = value.astype(self.input_dtype)
     out = self._runner(**{tflite_convert.INPUT_NAME: value})
     num = np.asarray(out['num_detections']).astype(np.int32).reshape([1])
+    # Rows past num_detections are not written by the op's fast NMS (measured: stale
+    # values such as 2.35e37 in the class output); zero them.
+    valid = np.arange(np.shape(out['detection_scores'])[1])[np.newaxis] < num[0]
+    classes = np.where(valid, out['detection_classes'], 0.0)
     return {
-        'detection_boxes': np.asarray(out['detection_boxes'], np.float32),
-        'detection_classes': (np.round(out['detection_classes']).astype(np.int32) +
-                              OP_CLASS_OFFSET),
-        'detection_scores': np.asarray(out['detection_scores'], np.float32),
+        'detection_boxes': np.where(valid[..., np.newaxis], out['detection_boxes'],
+                                    0.0).astype(np.float32),
+        'detection_classes': np.round(classes).astype(np.int32) + OP_CLASS_OFFSET,
+        'detection_scores': np.where(valid, out['detection_scores'], 0.0).astype(np.float32),
         'num_detections': num,
     }
 

@@ -244,8 +244,10 @@ def add_metadata(tflite_model: bytes, info: Dict) -> bytes:
 
 def tflite_detector_bytes(params, model, category_map: CategoryMap, quant: str,
                           representative: Optional[Sequence[np.ndarray]] = None,
-                          use_regular_nms: bool = True, experiment: str = '') -> bytes:
-  """The complete .tflite file contents (converted model + metadata)."""
+                          use_regular_nms: bool = True, experiment: str = '',
+                          extra_info: Optional[Dict] = None) -> bytes:
+  """The complete .tflite file contents (converted model + metadata); `extra_info`
+  is added to the JSON metadata (e.g. `tflite_presets.apply`'s preset, num_threads)."""
   check_quant(quant)
   post = postprocess_config(params, use_regular_nms,
                             num_real_classes=loader.num_real_classes(params, category_map))
@@ -258,7 +260,8 @@ def tflite_detector_bytes(params, model, category_map: CategoryMap, quant: str,
       padded_size=[int(s) for s in model.padded_size], box_frame=BOX_FRAME,
       use_regular_nms=use_regular_nms,
       input_pixel_range=[0, 255], pad_pixel_value=float(
-          serving_inputs.normalized_to_pixels(preprocess.PAD_VALUE).numpy()))
+          serving_inputs.normalized_to_pixels(preprocess.PAD_VALUE).numpy()),
+      **(extra_info or {}))
   return tflite_metadata.add_detector_metadata(add_metadata(tflite_model, info), info)
 
 
@@ -266,7 +269,8 @@ def export_tflite(params, model, category_map: CategoryMap, output: str, quant: 
                   representative: Optional[Sequence[np.ndarray]] = None,
                   use_regular_nms: bool = True, overwrite: bool = False,
                   experiment: str = '',
-                  verify: Optional[Callable[[str], None]] = None) -> str:
+                  verify: Optional[Callable[[str], None]] = None,
+                  extra_info: Optional[Dict] = None) -> str:
   """Writes the .tflite detector to `output` (all or nothing); returns its path.
 
   `verify(temp_path)`, if given, runs on the written file before it is renamed to
@@ -282,7 +286,7 @@ def export_tflite(params, model, category_map: CategoryMap, output: str, quant: 
                      'images from the training set); none given')
   atomic.check_output(output, overwrite)
   contents = tflite_detector_bytes(params, model, category_map, quant, representative,
-                                   use_regular_nms, experiment)
+                                   use_regular_nms, experiment, extra_info)
   with atomic.atomic_output(output, is_dir=False, overwrite=overwrite) as temp:
     with open(temp, 'wb') as f:
       f.write(contents)

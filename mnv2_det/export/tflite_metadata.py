@@ -326,7 +326,13 @@ def describe(info: Dict[str, Any]) -> Dict[str, str]:
       f'{info.get("quantization", "fp32")}): {len(info["class_names"])} classes; input '
       f'RGB {h}x{w}, pixel values 0..255 (resize mode {info.get("resize_mode")}); '
       f'{nms} NMS, score threshold {info.get("score_threshold")}, at most '
-      f'{info.get("max_num_detections")} detections; boxes normalized to the input.')
+      f'{info.get("max_num_detections")} detections; boxes normalized to the input. ')
+  if info.get('use_regular_nms', True):
+    description += ('Run the interpreter with 1 thread: LiteRT regular NMS with 2..C '
+                    'threads never detects one class (tensorflow/tensorflow#56058).')
+  else:
+    description += (f'Any number of interpreter threads is safe (fast NMS), e.g. '
+                    f'{info.get("num_threads", 2)}.')
   try:
     from importlib import metadata as importlib_metadata  # pylint: disable=g-import-not-at-top
     version = importlib_metadata.version('mnv2_det')

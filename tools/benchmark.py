@@ -4,7 +4,9 @@
   python tools/benchmark.py detector      # SSDLite forward / full inference vs MG RetinaNet
   python tools/benchmark.py train         # training images/s vs MG RetinaNet-MNv2
   python tools/benchmark.py train_cli     # the same, both through tools/train.py
-  python tools/benchmark.py tflite        # fp32/int8 TFLite detector vs int8 MNv2 backbone
+  python tools/benchmark.py tflite        # fp32/int8 TFLite detector vs int8 MNv2 backbone,
+                                          # then int8 regular NMS vs the mobile preset
+      [--experiment ssdlite_mnv2_shapes --checkpoint runs/shapes]  # + their val AP
   python tools/benchmark.py gflops        # CPU matmul GFLOP/s vs our achieved GFLOP/s
 
 Latency is TF-graph (tf.function, no XLA) wall time at batch 1, median of interleaved
@@ -35,7 +37,10 @@ from mnv2_det.configs import ssdlite as ssdlite_cfg
 from mnv2_det.modeling import factory
 from mnv2_det.data.category_map import CategoryMap
 from mnv2_det.export import tflite as tflite_runtime
+from mnv2_det.export import loader
 from mnv2_det.export import tflite_convert
+from mnv2_det.export import tflite_presets
+from mnv2_det.tools_lib import evaluate
 from mnv2_det.modeling.backbone import MobileNetV2Backbone
 from mnv2_det.tools_lib import model_stats
 from mnv2_det.tools_lib import timing
@@ -255,12 +260,70 @@ def _int8_backbone_bytes(size, representative):
   return converter.convert()
 
 
-def _interpreter_fn(contents, threads):
+def _interpreter_fn(contents, threads, pixels=None):
+  """Invokes the model on `pixels` ([1, H, W, 3] in [0, 255]; None: zeros)."""
   interpreter = Interpreter(model_content=contents, num_threads=threads)
   interpreter.allocate_tensors()
   detail = interpreter.get_input_details()[0]
-  interpreter.set_tensor(detail['index'], np.zeros(detail['shape'], detail['dtype']))
+  value = np.zeros(detail['shape'], detail['dtype'])
+  if pixels is not None:
+    scale, zero_point = detail['quantization']
+    value = (np.asarray(pixels, np.float32) if detail['dtype'] == np.float32 else
+             np.clip(np.round(pixels / scale + zero_point), 0, 255).astype(detail['dtype']))
+  interpreter.set_tensor(detail['index'], value)
   return interpreter.invoke
+
+
+def bench_tflite_presets(args):
+  """int8 detector: the config's regular NMS (what the default export does) vs the
+  mobile preset (fast NMS, 10 detections, threshold 0.3), latency side by side; with
+  --checkpoint also their validation AP (`tools/eval.py --model` on original images).
+  Regular NMS runs 1 thread (tensorflow/tensorflow#56058), the preset --threads."""
+  if args.checkpoint:
+    loaded = loader.load_detector(args.experiment, args.checkpoint,
+                                  params_override=args.params_override)
+    params, model, category_map = loaded.params, loaded.model, loaded.category_map
+    representative = tflite_convert.representative_images(
+        loaded.task, params, args.representative_images)
+    source = f'{args.experiment} {loaded.checkpoint}'
+  else:
+    params = _detector_params(args.num_classes, args.size, fast_nms=True)
+    model = factory.build_ssdlite_model(params.task.model)
+    category_map = CategoryMap.from_ids(range(1, args.num_classes))
+    representative = _random_pixels(args.size, NUM_REPRESENTATIVE)
+    source = f'random weights, {args.num_classes} classes (no AP)'
+  fns, paths = {}, {}
+  tmp = tempfile.mkdtemp(prefix='bench_presets_')
+  for preset in (tflite_presets.DEFAULT, tflite_presets.MOBILE):
+    preset_params, regular, extra = tflite_presets.apply(params, preset)
+    threads = tflite_runtime.safe_num_threads(args.threads, len(category_map.dataset_ids),
+                                              regular)
+    settings = loader.detection_settings(preset_params)
+    name = (f'{preset}: {"regular" if regular else "fast"} NMS, '
+            f'thr {settings["score_threshold"]:g}, {settings["max_num_detections"]} det, '
+            f'{threads} thr')
+    contents = tflite_convert.tflite_detector_bytes(
+        preset_params, model, category_map, 'int8', representative, regular,
+        'benchmark', extra)
+    paths[name] = os.path.join(tmp, f'{preset}.tflite')
+    with open(paths[name], 'wb') as f:
+      f.write(contents)
+    fns[name] = (_interpreter_fn(contents, threads, representative[0]), threads)
+  latencies = timing.interleaved_latency_ms({k: v[0] for k, v in fns.items()},
+                                            rounds=args.rounds, runs=args.runs)
+  reference = list(fns)[0]
+  timing.print_table(f'TFLite int8 post-processing presets, {source}', latencies, reference)
+  if args.checkpoint:
+    data = params.task.validation_data
+    annotation_file = params.task.annotation_file or data.annotation_file
+    print(f'\nval AP ({annotation_file}, up to {args.max_images or "all"} images)')
+    for name, path in paths.items():
+      report = evaluate.evaluate_images(
+          tflite_runtime.TFLiteDetector(path, num_threads=fns[name][1]), annotation_file,
+          data.image_dir, max_images=args.max_images)
+      stats = report['stats']
+      print(f'  {name:60s} AP {stats["AP"]:.3f}  AP50 {stats["AP50"]:.3f}  '
+            f'ARmax10 {stats["ARmax10"]:.3f}  {latencies[name]:.2f} ms')
 
 
 def bench_tflite(args):
@@ -288,6 +351,8 @@ def bench_tflite(args):
   int8 = [k for k in latencies if 'SSDLite int8' in k][0]
   print(f'  -> int8 SSDLite / int8 backbone = {latencies[int8] / latencies[backbone]:.2f}x '
         f'(target <= {TFLITE_TARGET_RATIO}x)')
+  if args.presets:
+    bench_tflite_presets(args)
 
 
 def bench_gflops(args):
@@ -349,6 +414,15 @@ def main(argv=None):
   q.add_argument('--fast_nms', action=argparse.BooleanOptionalAction, default=True,
                  help='class-agnostic NMS (default); --no-fast_nms: regular NMS with '
                  f'score threshold {LATENCY_SCORE_THRESHOLD} (1 thread, LiteRT bug)')
+  q.add_argument('--presets', action=argparse.BooleanOptionalAction, default=True,
+                 help='also int8 regular NMS (config) vs --preset mobile')
+  q.add_argument('--experiment', default='ssdlite_mnv2_shapes',
+                 help='with --checkpoint: the presets on a trained model, with val AP')
+  q.add_argument('--checkpoint', help='trained checkpoint (prefix or model_dir)')
+  q.add_argument('--params_override', default='')
+  q.add_argument('--representative_images', type=int,
+                 default=tflite_convert.DEFAULT_REPRESENTATIVE_IMAGES)
+  q.add_argument('--max_images', type=int, help='val images for the AP (None: all)')
   for p in (b, d, t, q, g):
     p.add_argument('--rounds', type=int, default=3 if p is t else 5)
     p.add_argument('--runs', type=int, default=10)

@@ -5,7 +5,8 @@
   python tools/export.py tflite --experiment ssdlite_mnv2_shapes \
       --checkpoint runs/shapes --output exports/shapes_int8.tflite --quant int8 \
       [--representative_images 100] [--fast_nms] [--recalibrate_bn 20] \
-      [--preset mobile] [--max_detections 10] [--score_threshold 0.3]
+      [--preset mobile] [--max_detections 10] [--score_threshold 0.3] \
+      [--calibration_images DIR]
 
 Common flags: --config_file (repeatable), --params_override k=v,..., --best (with a
 model_dir: best_ckpt/), --overwrite, --recalibrate_bn N (re-estimate every BN layer's
@@ -14,6 +15,11 @@ exporting, as `tools/bn_audit.py --recalibrate` does; the checkpoint is not chan
 --checkpoint is a prefix (runs/shapes/ckpt-1500) or a model_dir (latest checkpoint and
 its params.yaml). Errors print one
 `error: ...` line and exit with code 2; nothing is left at --output.
+
+int8 calibration: --representative_images N images of the training pipeline without
+augmentation, or with --calibration_images DIR the first N readable images of any
+folder (recursive; unreadable files skipped with a warning; no readable image is an
+error), resized as TFLiteDetector does (mnv2_det/export/calibration.py).
 
 TFLite presets (mnv2_det/export/tflite_presets.py): `default` keeps the config's
 post-processing (regular NMS, threshold 1e-8, 100 detections: for evaluation);
@@ -37,6 +43,7 @@ import numpy as np
 
 from mnv2_det import bn_audit
 from mnv2_det.export import atomic
+from mnv2_det.export import calibration
 from mnv2_det.export import loader
 from mnv2_det.export import saved_model
 from mnv2_det.export import tflite as tflite_runtime
@@ -81,7 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
   tfl.add_argument('--quant', choices=tflite_convert.QUANT_TYPES, default='fp32')
   tfl.add_argument('--representative_images', type=int,
                    default=tflite_convert.DEFAULT_REPRESENTATIVE_IMAGES,
-                   help='int8: calibration images from the training set (no augmentation)')
+                   help='int8: number of calibration images (training set without '
+                        'augmentation, or --calibration_images)')
+  tfl.add_argument('--calibration_images', metavar='DIR',
+                   help='int8: calibrate on the images of this folder (recursive) '
+                        'instead of the training data')
   tfl.add_argument('--fast_nms', action='store_true',
                    help="the op's class-agnostic fast NMS instead of per-class NMS")
   tfl.add_argument('--preset', choices=sorted(tflite_presets.PRESETS),
@@ -120,6 +131,10 @@ def run(args) -> str:
   else:
     loader.optional_int(args.representative_images, '--representative_images')
     tflite_presets.get(args.preset)
+    if args.calibration_images:
+      if args.quant != 'int8':
+        raise ValueError(f'--calibration_images applies to --quant int8, not {args.quant}')
+      calibration.image_files(args.calibration_images)  # Fail before the slow part.
     try:
       tflite_presets.validate(args.max_detections, args.score_threshold)
     except ValueError as e:
@@ -138,12 +153,22 @@ def run(args) -> str:
         batch_size=args.batch_size, overwrite=args.overwrite)
   else:
     representative = None
-    if args.quant == 'int8':
+    if args.quant == 'int8' and args.calibration_images:
+      settings = loader.detection_settings(loaded.params)
+      representative = calibration.folder_images(
+          args.calibration_images, settings['input_size'], settings['resize_mode'],
+          args.representative_images, seed=loaded.params.task.train_data.seed)
+      print(f'calibrating on {len(representative)} images of {args.calibration_images}')
+    elif args.quant == 'int8':
       representative = tflite_convert.representative_images(
           loaded.task, loaded.params, args.representative_images)
     params, use_regular_nms, extra = tflite_presets.apply(
         loaded.params, args.preset, args.max_detections, args.score_threshold,
         args.fast_nms)
+    if representative is not None:
+      extra['calibration'] = {
+          'source': 'folder' if args.calibration_images else 'train_data',
+          'num_images': len(representative)}
     path = tflite_convert.export_tflite(
         params, loaded.model, loaded.category_map, args.output, args.quant,
         representative=representative, use_regular_nms=use_regular_nms,

@@ -10,6 +10,7 @@ from tensorflow.lite.tools import flatbuffer_utils
 
 from mnv2_det.data import shapes
 from mnv2_det.export import cli
+from mnv2_det.export import edgetpu
 from mnv2_det.export import tflite
 from mnv2_det.export import tflite_metadata
 from mnv2_det.export import tflite_presets
@@ -128,3 +129,17 @@ def test_bad_preset_values_are_one_error(exports, flags, message, capsys):
   assert cli.main(exports['common'] + flags + ['--output', output]) == (
       checkpoints.ERROR_EXIT_CODE)
   assert message in capsys.readouterr().err
+
+
+def test_int8_graph_is_edgetpu_ready_on_paper(exports):
+  """docs/edgetpu.md: every op of the int8 graph but the two DEQUANTIZEs and the
+  post-process op is in the Edge TPU compiler's table, and all of them come first."""
+  report = edgetpu.report(exports['paths']['mobile_int8'])
+  assert [name for _, name in report['cpu_ops']] == [
+      'DEQUANTIZE', 'DEQUANTIZE', 'TFLite_Detection_PostProcess']
+  assert set(report['counts']) - edgetpu.EDGETPU_OPS == {
+      'DEQUANTIZE', 'TFLite_Detection_PostProcess'}
+  assert report['counts']['CONV_2D'] > 40 and report['counts']['DEPTHWISE_CONV_2D'] > 25
+  # A float model keeps the converter's order.
+  model = flatbuffer_utils.read_model(exports['paths']['default'])
+  assert edgetpu.mappable_ops_first(model) == 0

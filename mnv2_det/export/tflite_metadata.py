@@ -6,6 +6,8 @@ file identifier `M001`) and read from it how to feed the input and how to read t
 four outputs. `add_standard_metadata` writes it beside our own JSON entry
 (`tflite_convert.METADATA_NAME`, which `TFLiteDetector` reads) and:
 
+  * orders the operators so that all Edge TPU-mappable int8 ops come first
+    (`edgetpu.mappable_ops_first`, docs/edgetpu.md);
   * puts the subgraph outputs in the order of the `TFLite_Detection_PostProcess` op,
     boxes, classes, scores, num_detections (the converter emits num_detections
     first; the SignatureDef maps names, so `TFLiteDetector` does not care, but
@@ -43,6 +45,8 @@ from flatbuffers import table as fb_table
 import numpy as np
 from tensorflow.lite.python import schema_py_generated as schema_fb
 from tensorflow.lite.tools import flatbuffer_utils
+
+from mnv2_det.export import edgetpu
 
 STANDARD_METADATA_NAME = 'TFLITE_METADATA'
 METADATA_FILE_IDENTIFIER = b'M001'
@@ -283,6 +287,7 @@ def add_standard_metadata(tflite_model: bytes, class_names: Sequence[str], name:
     raise ValueError(f'the subgraph outputs {list(subgraph.outputs)} are not the '
                      f'{POSTPROCESS_OP} outputs {op_outputs}')
   subgraph.outputs = op_outputs
+  edgetpu.mappable_ops_first(model)
   if len(subgraph.inputs) != 1:
     raise ValueError(f'expected one input tensor, got {len(subgraph.inputs)}')
   image = subgraph.tensors[subgraph.inputs[0]]

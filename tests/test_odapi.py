@@ -238,3 +238,81 @@ def test_label_map_names_fill_the_table(tmp_path):
   assert table[1]['name'] == 'class_2'
   coco = label_map.category_table(90)
   assert len(coco) == 90 and coco[0]['name'] == 'person' and coco[89]['name'] == 'toothbrush'
+
+
+def test_imported_model_exports_int8_that_agrees_with_float(imported, tmp_path):
+  from mnv2_det.export import tflite  # pylint: disable=g-import-not-at-top
+  from mnv2_det.export import tflite_convert  # pylint: disable=g-import-not-at-top
+  from mnv2_det.tools_lib import checkpoints  # pylint: disable=g-import-not-at-top
+  expected = _expected('ssdlite_300')
+  prefix, params_file = checkpoints.resolve_checkpoint(imported['ssdlite_300'])
+  params = checkpoints.build_params('ssdlite_mnv2_coco', params_file)
+  task, model = checkpoints.load_task_and_model(params, prefix)
+  rng = np.random.default_rng(0)
+  representative = [expected['images'][i:i + 1].astype(np.float32) for i in range(2)] + [
+      rng.uniform(0, 255, [1, 300, 300, 3]).astype(np.float32) for _ in range(6)]
+  results = {}
+  for quant in ('fp32', 'int8'):
+    path = tflite_convert.export_tflite(
+        params, model, task.category_map, str(tmp_path / f'{quant}.tflite'), quant,
+        representative=representative if quant == 'int8' else None)
+    results[quant] = tflite.TFLiteDetector(path)(expected['images'][0])
+  # fp32 TFLite = the OD API's top detection; int8 keeps it (class, box, score).
+  top = expected['detection_boxes'][0, 0] * 300
+  for quant, tol_px, tol_score in (('fp32', 0.05, 1e-4), ('int8', 6.0, 0.03)):
+    out = results[quant]
+    assert int(out['detection_classes'][0, 0]) == int(expected['detection_classes'][0, 0]) + 1
+    np.testing.assert_allclose(out['detection_boxes'][0, 0], top, atol=tol_px)
+    np.testing.assert_allclose(out['detection_scores'][0, 0],
+                               expected['detection_scores'][0, 0], atol=tol_score)
+
+
+def test_fine_tune_imported_model_with_new_class_count(imported, tmp_path):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from mnv2_det.data import shapes  # pylint: disable=g-import-not-at-top
+  data = tmp_path / 'data'
+  shapes.generate(str(data), num_train=8, num_val=4, seed=2)
+  source = imported['ssdlite_300']
+  model_dir = tmp_path / 'fine_tuned'
+  overrides = ','.join([
+      f'task.init_checkpoint={source}', 'task.init_checkpoint_modules=all',
+      'task.model.num_classes=6',  # the shapes set's 5 categories + background
+      f'task.train_data.annotation_file={data}/annotations/instances_train.json',
+      f'task.train_data.image_dir={data}/train', 'task.train_data.global_batch_size=2',
+      f'task.validation_data.annotation_file={data}/annotations/instances_val.json',
+      f'task.validation_data.image_dir={data}/val', 'task.validation_data.global_batch_size=2',
+      'trainer.train_steps=2', 'trainer.steps_per_loop=1', 'trainer.checkpoint_interval=2',
+      'trainer.summary_interval=1', 'trainer.validation_interval=2',
+      'trainer.optimizer_config.learning_rate.exponential.initial_learning_rate=1e-9',
+      'runtime.distribution_strategy=one_device', 'runtime.num_gpus=0'])
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'tools', 'train.py'), '--experiment',
+       'ssdlite_mnv2_coco', '--config_file', os.path.join(source, 'params.yaml'),
+       '--mode', 'train', '--model_dir', str(model_dir), '--params_override', overrides],
+      capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  from mnv2_det.tools_lib import checkpoints  # pylint: disable=g-import-not-at-top
+
+  def tensors(prefix, part):
+    """{object path: value} of the model variables under `part` (a path prefix)."""
+    reader = tf.train.load_checkpoint(prefix)
+    return {'/'.join(path): reader.get_tensor(key)
+            for path, key in checkpoints.model_variable_keys(prefix).items()
+            if '/'.join(path).startswith(part)}
+
+  before = tf.train.latest_checkpoint(source)
+  after = tf.train.latest_checkpoint(str(model_dir))
+  # The box predictor, backbone and feature maps keep the imported weights (lr ~0);
+  # the class predictors (7 -> 6 classes per anchor) start fresh in the new shape.
+  # Object paths: head/_branches/<level>/<0 class | 1 box>/<3 = the 1x1 predictor>.
+  for part in ('head/_branches/4/1/3/', 'backbone/', 'feature_maps/'):
+    old, new = tensors(before, part), tensors(after, part)
+    assert old and set(old) == set(new), part
+    for key in old:
+      # BN moving statistics move a little in 2 training-mode steps (momentum 0.9997).
+      atol = 1e-2 if 'moving_' in key else 1e-5
+      np.testing.assert_allclose(new[key], old[key], atol=atol, err_msg=key)
+  cls_part = 'head/_branches/4/0/3/kernel'
+  old_cls, new_cls = tensors(before, cls_part), tensors(after, cls_part)
+  assert old_cls and all(v.shape[-1] == 3 * 7 for v in old_cls.values())
+  assert new_cls and all(v.shape[-1] == 3 * 6 for v in new_cls.values())

@@ -136,3 +136,6 @@ class SSDLiteTask(cfg.TaskConfig):
   losses: Losses = dataclasses.field(default_factory=Losses)
   annotation_file: Optional[str] = None  # COCO JSON for COCOEvaluator; default: validation's
   per_category_metrics: bool = False
+  # What `init_checkpoint` initializes: 'all' (layers whose shapes changed, e.g. the class
+  # predictor for a new class count, start fresh) or 'backbone'.
+  init_checkpoint_modules: str = 'all'

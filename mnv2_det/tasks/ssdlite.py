@@ -83,6 +83,16 @@ class SSDLiteTask(base_task.Task):
       raise ValueError(f'init_checkpoint {self.task_config.init_checkpoint!r} holds no '
                        'checkpoint')
     modules = self.task_config.init_checkpoint_modules
+    reader = tf.train.load_checkpoint(path)
+    if modules in ('all', ['all']) and any(
+        k.startswith('model/') for k in reader.get_variable_to_shape_map()):
+      # A trainer's (or tools/import_odapi.py's) Checkpoint(model=...): layers whose
+      # shapes changed (the class predictor for a new class count) start fresh.
+      from mnv2_det.tools_lib import checkpoints  # pylint: disable=g-import-not-at-top
+      restored, fresh = checkpoints.restore_matching(model, path)
+      logging.info('Initialized %d variables from %s; %d left fresh: %s', restored, path,
+                   len(fresh), fresh)
+      return
     if modules in ('all', ['all']):
       status = tf.train.Checkpoint(**model.checkpoint_items).read(path)
       status.expect_partial().assert_existing_objects_matched()

@@ -132,6 +132,37 @@ def model_variable_paths(model) -> Dict[Tuple[str, ...], tf.Variable]:
   return paths
 
 
+def restore_matching(model, prefix: str) -> Tuple[int, list]:
+  """Fine-tuning start: reads every variable of a Checkpoint(model=...) whose path and
+  shape match `model`; the others (e.g. a class predictor for another class count)
+  keep their initial values. Atomic: all values are read before any is assigned.
+
+  Returns:
+    (number restored, sorted '/'-joined paths of the model variables left fresh).
+
+  Raises:
+    ValueError: unreadable checkpoint, or one that matches no variable at all.
+  """
+  try:
+    keys = model_variable_keys(prefix)
+    reader = tf.train.load_checkpoint(prefix)
+    shapes = reader.get_variable_to_shape_map()
+    values, fresh = [], []
+    for path, variable in model_variable_paths(model).items():
+      key = keys.get(path)
+      if key is not None and list(shapes[key]) == variable.shape.as_list():
+        values.append((variable, reader.get_tensor(key)))
+      else:
+        fresh.append('/'.join(path))
+  except _UNREADABLE_CHECKPOINT_ERRORS as e:
+    raise ValueError(f'checkpoint {prefix} cannot be read: {first_line(e)}') from e
+  if not values:
+    raise ValueError(f'init checkpoint {prefix} matches none of the model\'s variables')
+  for variable, value in values:
+    variable.assign(value)
+  return len(values), sorted(fresh)
+
+
 def restore_model(model, prefix: str) -> None:
   """Reads `model` from a Checkpoint(model=...) (e.g. the Model Garden trainer's).
 

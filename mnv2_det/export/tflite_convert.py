@@ -15,8 +15,8 @@ Quantization (`quant`):
   fp16: `Optimize.DEFAULT` + `supported_types = [float16]` (fp16 weights).
   int8: full-integer conv body (`TFLITE_BUILTINS_INT8`), calibrated on
     representative images from the TRAINING pipeline without augmentation
-    (`representative_images`); uint8 input; the custom op dequantizes its inputs and
-    outputs float32. Before the per-level outputs are concatenated, class logits are
+    (`representative_images`) or from any folder (`calibration.folder_images`); uint8
+    input; two DEQUANTIZE ops feed the float custom op, which outputs float32. Before the per-level outputs are concatenated, class logits are
     clipped to +-INT8_LOGIT_CLIP and box codes to +-INT8_BOX_CODE_CLIP (see there).
 Cost: regular (per-class) NMS considers every (anchor, class) score above the
 threshold; with the OD API threshold 1e-8 that is nearly all of them, which for 91
@@ -225,7 +225,7 @@ def convert(graph: TFLiteGraph, quant: str,
     converter.representative_dataset = lambda: ([x] for x in samples)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.uint8
-    # Outputs stay float32: the custom op dequantizes and emits float.
+    # Outputs stay float32: DEQUANTIZE ops feed the float custom op.
   return converter.convert()
 
 

@@ -47,12 +47,56 @@ def _one_step(params):
   return model, optimizer, logs, before
 
 
-def test_train_step_with_ema_optimizer(data_dir):
-  params = _params(data_dir, optimizer_config={'ema': {'average_decay': 0.99}})
-  model, optimizer, logs, before = _one_step(params)
+# A small decay so that Model Garden's dynamic decay min(EMA_DECAY, (1 + t) / (10 + t))
+# (t = optimizer updates so far) is below the cap for t < 5 and capped from t = 5 on;
+# a constant Adam lr of 0.01 moves the weights by ~0.01 per step, so a wrong average
+# (constant decay, no zero start, a missed update) is far outside the tolerance.
+EMA_DECAY = 0.4
+EMA_STEPS = 6
+EMA_LR = 0.01
+
+
+def _hand_ema(history, decays):
+  """official/modeling/optimization/ema_optimizer.py: the shadow starts at 0; after
+  update t, average -= (1 - decay_t) * (average - weight after update t)."""
+  average = np.zeros_like(history[0])
+  for weight, decay in zip(history, decays):
+    average = average - (1 - decay) * (average - weight)
+  return average
+
+
+def test_ema_shadow_weights_are_the_hand_computed_average(data_dir):
+  params = _params(data_dir, optimizer_config={
+      'ema': {'average_decay': EMA_DECAY},
+      'learning_rate': {'type': 'constant', 'constant': {'learning_rate': EMA_LR}},
+      'warmup': {'type': None}})
+  task = task_factory.get_task(params.task)
+  model = task.build_model()
+  optimizer = train_utils.create_optimizer(task, params)
   assert type(optimizer).__name__ == 'ExponentialMovingAverage'
-  assert all(np.isfinite(float(v)) for v in logs.values())
-  assert not np.allclose(model.backbone.get_layer('Conv1').kernel.numpy(), before)
+  optimizer.shadow_copy(model)  # as Model Garden's Trainer does
+  variables = model.trainable_variables
+  inputs = iter(task.build_inputs(params.task.train_data))
+  step = tf.function(lambda batch: task.train_step(batch, model, optimizer))
+  history = []
+  for t in range(1, EMA_STEPS + 1):
+    logs = step(next(inputs))
+    assert all(np.isfinite(float(v)) for v in logs.values())
+    assert int(optimizer.iterations.numpy()) == t
+    history.append([v.numpy().astype(np.float64) for v in variables])
+  decays = [min(EMA_DECAY, (1 + t) / (10 + t)) for t in range(1, EMA_STEPS + 1)]
+  assert decays[0] < EMA_DECAY == decays[-1]  # both sides of the dynamic-decay cap
+  shadows = [optimizer.get_slot(v, 'average').numpy() for v in variables]
+  assert len(shadows) == len(variables) > 200  # every trainable weight is averaged
+  for i, (v, shadow) in enumerate(zip(variables, shadows)):
+    want = _hand_ema([h[i] for h in history], decays)
+    np.testing.assert_allclose(shadow, want, rtol=1e-5, atol=1e-6, err_msg=v.name)
+  # The check can tell (differences 50x the tolerance): the first conv's shadow is
+  # neither its last weights nor the average with a constant decay.
+  i = next(i for i, v in enumerate(variables) if v.name == 'Conv1/kernel:0')
+  weights = [h[i] for h in history]
+  assert np.abs(shadows[i] - weights[-1]).max() > 1e-4
+  assert np.abs(shadows[i] - _hand_ema(weights, [EMA_DECAY] * EMA_STEPS)).max() > 1e-4
 
 
 def test_train_step_under_mixed_bfloat16(data_dir):

@@ -12,11 +12,14 @@ import pytest
 import tensorflow as tf
 
 from mnv2_det.data import shapes
+from mnv2_det.export import loader
+from mnv2_det.tools_lib import train_cli
 
 pytestmark = pytest.mark.slow  # tools/train.py subprocesses (tests/conftest.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, 'tools', 'train.py')
+PROBE = os.path.join(ROOT, 'tests', 'train_probe.py')
 
 
 @pytest.fixture(scope='module')
@@ -156,7 +159,55 @@ def test_nan_loss_after_a_checkpoint_stops_and_keeps_it(tmp_path, data_dir):
   assert 'Traceback' not in result.stderr
 
 
-def test_resume_after_kill_9(trained_dir, data_dir):
+def test_ema_best_checkpoint_holds_the_averaged_weights(tmp_path, data_dir):
+  """Model Garden's trainer evaluates on the EMA weights (swap_weights at eval begin)
+  and exports best_ckpt/ before swapping back: best_ckpt's model weights are the
+  averages that the regular checkpoint keeps in its `average` slots."""
+  model_dir = tmp_path / 'ema'
+  result = _train(model_dir, _overrides(
+      data_dir, 2, 'trainer.optimizer_config.ema.average_decay=0.9,'
+      'trainer.validation_interval=2'), mode='train_and_eval')
+  assert result.returncode == 0, result.stderr[-3000:]
+  latest = _checkpoint_values(str(model_dir / 'ckpt-2'))
+  best_prefix = tf.train.latest_checkpoint(model_dir / 'best_ckpt')
+  assert best_prefix is not None and best_prefix.endswith('ckpt-2')
+  best = _checkpoint_values(best_prefix)
+  suffix = '/.ATTRIBUTES/VARIABLE_VALUE'
+  average = '/.OPTIMIZER_SLOT/optimizer/average' + suffix
+  trainable = [n[:-len(average)] + suffix for n in latest if n.endswith(average)]
+  assert len(trainable) > 200
+  for name in trainable:  # swapped: best model = average, best average slot = weights
+    np.testing.assert_allclose(best[name], latest[name.replace(suffix, average)],
+                               rtol=1e-6, atol=1e-7, err_msg=name)
+    np.testing.assert_allclose(best[name.replace(suffix, average)], latest[name],
+                               rtol=1e-6, atol=1e-7, err_msg=name)
+  # The averages are not the weights (shadows start at 0, dynamic decay 2/11, 3/12).
+  kernel = 'backbone/layer_with_weights-0/kernel' + suffix
+  assert np.abs(best[kernel] - latest[kernel]).max() > 1e-3 * np.abs(latest[kernel]).max()
+  # Statistics are not averaged: BN moving statistics are the same in both.
+  moving = [n for n in latest if n.endswith(('moving_mean' + suffix, 'moving_variance' + suffix))]
+  assert len(moving) == 2 * 76
+  for name in moving:
+    np.testing.assert_array_equal(best[name], latest[name], err_msg=name)
+  # The tools' --best reads those averaged weights.
+  loaded = loader.load_detector('ssdlite_mnv2_shapes', str(model_dir), best=True)
+  np.testing.assert_allclose(loaded.model.backbone.get_layer('Conv1').kernel.numpy(),
+                             latest[kernel.replace(suffix, average)], rtol=1e-6, atol=1e-7)
+
+
+def _checkpoint_values(prefix):
+  reader = tf.train.load_checkpoint(prefix)
+  return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()
+          if n != '_CHECKPOINTABLE_OBJECT_GRAPH'}
+
+
+def _fingerprint_line(stdout):
+  lines = [l for l in stdout.splitlines() if l.startswith('final weights sha256: ')]
+  assert len(lines) == 1, stdout[-2000:]
+  return lines[0].split(': ')[1]
+
+
+def test_resume_after_kill_9(trained_dir, data_dir, tmp_path):
   model_dir, _ = trained_dir
   overrides = _overrides(data_dir, 400)
   proc = _train(model_dir, overrides, wait=False)
@@ -167,13 +218,46 @@ def test_resume_after_kill_9(trained_dir, data_dir):
   proc.wait()
   killed_at = _latest_step(model_dir)
   assert 8 <= killed_at < 400
-  final_steps = killed_at + 4
+  checkpoint = tf.train.latest_checkpoint(model_dir)
+  saved = _checkpoint_values(checkpoint)
+  slots = [n for n in saved if '/.OPTIMIZER_SLOT/optimizer/' in n]
+  trainable = [n for n in saved if n.endswith(('kernel/.ATTRIBUTES/VARIABLE_VALUE',
+                                               'bias/.ATTRIBUTES/VARIABLE_VALUE',
+                                               'gamma/.ATTRIBUTES/VARIABLE_VALUE',
+                                               'beta/.ATTRIBUTES/VARIABLE_VALUE'))]
+  # Adam: one m and one v per trainable variable, and they hold trained values.
+  assert len(slots) == 2 * len(trainable) > 0
+  assert all(np.any(saved[n] != 0) for n in slots if '/optimizer/v/' in n)
+  assert int(saved['optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE']) == killed_at
+
+  # Rerun to the checkpoint's step: nothing trains, so what the run ends with is what it
+  # restored. tests/train_probe.py is tools/train.py plus a dump of its trainer's state.
+  probe = str(tmp_path / 'probe' / 'state')
+  rerun = overrides.replace('trainer.train_steps=400', f'trainer.train_steps={killed_at}')
+  result = subprocess.run(
+      [sys.executable, PROBE, '--probe_output', probe, '--experiment',
+       'ssdlite_mnv2_shapes', '--mode', 'train', '--model_dir', str(model_dir),
+       '--params_override', rerun],
+      capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'restored model from {checkpoint}' in result.stdout + result.stderr
+  loaded = loader.load_detector('ssdlite_mnv2_shapes', checkpoint)
+  assert _fingerprint_line(result.stdout) == train_cli.weights_fingerprint(loaded.model)
+  assert f'probe: optimizer Adam, iterations {killed_at}' in result.stdout
+  restored = _checkpoint_values(probe)
+  assert sorted(restored) == sorted(saved)
+  different = [n for n in saved if not np.array_equal(restored[n], saved[n])]
+  assert different == []  # weights, BN statistics, Adam m / v, iterations, global step
+
+  # Training continues from the checkpoint's step counter instead of starting at 0.
+  final_steps = killed_at + 2
   result = _train(model_dir, overrides.replace('trainer.train_steps=400',
                                                f'trainer.train_steps={final_steps}'))
   assert result.returncode == 0, result.stderr[-3000:]
   assert _latest_step(model_dir) == final_steps
-  # The step counter continued from the checkpoint instead of starting at 0.
-  assert f'step {killed_at + 2}/{final_steps}' in result.stdout
+  assert f'step {final_steps}/{final_steps}' in result.stdout
+  assert f'step {killed_at}/' not in result.stdout
 
 
 @pytest.mark.parametrize('content,field', [

@@ -2,6 +2,7 @@
 stays, resume after kill -9, refusal of a foreign model_dir, NaN stop."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -195,6 +196,55 @@ def test_ema_best_checkpoint_holds_the_averaged_weights(tmp_path, data_dir):
                              latest[kernel.replace(suffix, average)], rtol=1e-6, atol=1e-7)
 
 
+def _probe(model_dir, overrides, probe_output, mode='train'):
+  """tests/train_probe.py: tools/train.py plus its trainer's state at the end."""
+  return subprocess.run(
+      [sys.executable, PROBE, '--probe_output', str(probe_output), '--experiment',
+       'ssdlite_mnv2_shapes', '--mode', mode, '--model_dir', str(model_dir),
+       '--params_override', overrides],
+      capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+
+
+# float16: Model Garden's dynamic loss scale starts at 2**15, too high for this model
+# (float16 gradients of the first convs overflow above ~1024): it halves on each such
+# step, which is skipped, and training proceeds from about step 7 (measured: 6 skips).
+@pytest.mark.parametrize('dtype,optimizer,steps', [('float16', 'LossScaleOptimizer', 10),
+                                                   ('bfloat16', 'Adam', 2)])
+def test_mixed_precision_from_the_config(tmp_path, data_dir, dtype, optimizer, steps):
+  model_dir = tmp_path / dtype
+  result = _probe(model_dir, _overrides(data_dir, steps,
+                                        f'runtime.mixed_precision_dtype={dtype}'),
+                  tmp_path / 'probe' / 'state')
+  assert result.returncode == 0, result.stderr[-3000:]
+  # Model Garden's float16 path wraps the optimizer in a dynamic LossScaleOptimizer.
+  assert (f'probe: optimizer {optimizer}, iterations {steps}, compute dtype {dtype}, '
+          'variable dtype float32') in result.stdout, result.stdout[-2000:]
+  losses = re.findall(r'^step \d+/\d+ \| loss (\S+) \(cls_loss (\S+), box_loss (\S+)\)',
+                      result.stdout, re.M)
+  assert len(losses) == steps // 2
+  assert all(np.isfinite(float(x)) for line in losses for x in line), losses
+  reader = tf.train.load_checkpoint(str(model_dir / f'ckpt-{steps}'))
+  dtypes = reader.get_variable_to_dtype_map()
+  weights = [n for n in dtypes if n.endswith('kernel/.ATTRIBUTES/VARIABLE_VALUE')]
+  assert len(weights) > 50
+  floating = [n for n, d in dtypes.items() if d.is_floating]
+  assert {dtypes[n] for n in floating} == {tf.float32}, {
+      n: dtypes[n] for n in floating if dtypes[n] != tf.float32}
+  assert all(np.all(np.isfinite(reader.get_tensor(n))) for n in floating)
+  loss_scale = {n.split('/')[2]: reader.get_tensor(n) for n in dtypes if 'loss_scale' in n}
+  if dtype == 'float16':
+    scale, good = float(loss_scale['current_loss_scale']), int(loss_scale['good_steps'])
+    skipped = np.log2(2.0 ** 15 / scale)
+    # The loss really is scaled: at 2**15 the scaled gradients overflow, so the scale
+    # came down (an unscaled loss would keep it at 2**15 with no step skipped).
+    assert skipped == int(skipped) and 1 <= skipped < steps, loss_scale
+    assert good >= 1, loss_scale  # the last steps applied float16 gradients
+    assert skipped + good <= steps, loss_scale
+  else:
+    assert not loss_scale
+
+
 def _checkpoint_values(prefix):
   reader = tf.train.load_checkpoint(prefix)
   return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()
@@ -234,12 +284,7 @@ def test_resume_after_kill_9(trained_dir, data_dir, tmp_path):
   # restored. tests/train_probe.py is tools/train.py plus a dump of its trainer's state.
   probe = str(tmp_path / 'probe' / 'state')
   rerun = overrides.replace('trainer.train_steps=400', f'trainer.train_steps={killed_at}')
-  result = subprocess.run(
-      [sys.executable, PROBE, '--probe_output', probe, '--experiment',
-       'ssdlite_mnv2_shapes', '--mode', 'train', '--model_dir', str(model_dir),
-       '--params_override', rerun],
-      capture_output=True, text=True, timeout=600,
-      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  result = _probe(model_dir, rerun, probe)
   assert result.returncode == 0, result.stderr[-3000:]
   assert f'restored model from {checkpoint}' in result.stdout + result.stderr
   loaded = loader.load_detector('ssdlite_mnv2_shapes', checkpoint)

@@ -38,16 +38,17 @@ def _keeping_trainer(create_trainer):
 
 
 def create_slots(optimizer, variables):
-  """The slot variables `optimizer.apply_gradients` creates on its first call."""
-  inner = getattr(optimizer, '_optimizer', None)  # EMA / loss-scale wrappers
-  for opt in (optimizer, inner) if inner is not None else (optimizer,):
-    if hasattr(opt, '_create_all_weights'):  # tf_keras legacy optimizers
-      opt._create_all_weights(variables)  # pylint: disable=protected-access
-      return
-    if hasattr(opt, 'build'):
-      opt.build(variables)
-      return
-  raise TypeError(f'cannot create the slots of {type(optimizer).__name__}')
+  """The slot variables `optimizer.apply_gradients` creates on its first call (of the
+  innermost optimizer, under EMA / loss-scale wrappers)."""
+  while True:
+    inner = getattr(optimizer, 'inner_optimizer', getattr(optimizer, '_optimizer', None))
+    if inner is None:
+      break
+    optimizer = inner
+  if hasattr(optimizer, '_create_all_weights'):  # tf_keras legacy optimizers
+    optimizer._create_all_weights(variables)  # pylint: disable=protected-access
+  else:
+    optimizer.build(variables)
 
 
 def main(_):
@@ -57,8 +58,11 @@ def main(_):
     trainer = _TRAINERS[-1]
     create_slots(trainer.optimizer, trainer.model.trainable_variables)
     trainer.checkpoint.write(flags.FLAGS.probe_output)
+    conv = trainer.model.backbone.get_layer('Conv1')
     print(f'probe: optimizer {type(trainer.optimizer).__name__}, '
-          f'iterations {int(trainer.optimizer.iterations.numpy())}', flush=True)
+          f'iterations {int(trainer.optimizer.iterations.numpy())}, '
+          f'compute dtype {conv.compute_dtype}, variable dtype {conv.kernel.dtype.name}',
+          flush=True)
   return code
 
 

@@ -9,7 +9,7 @@ import shlex
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SLOW_MODULES = ('test_e2e_shapes', 'test_multi_worker', 'test_train_tool')
+SLOW_MODULES = ('test_e2e_shapes', 'test_multi_worker', 'test_sync_bn', 'test_train_tool')
 
 
 def test_slow_marker_is_registered(pytestconfig):

@@ -6,6 +6,7 @@ identity BN) and class scores spread around sigmoid(-2), background near sigmoid
 """
 
 import numpy as np
+import tensorflow as tf
 
 from official.core import task_factory
 
@@ -61,3 +62,11 @@ def spread_detector(params_override: str, num_classes: int = SHAPES_NUM_CLASSES,
   model = task.build_model()
   spread_weights(model, num_classes)
   return params, task, model
+
+
+def smooth_image(seed, hw=(150, 210)):
+  """Smooth random uint8 RGB image `[h, w, 3]` (upsampled noise); the default size is not
+  a test model's input size, so exported models must resize."""
+  rng = np.random.default_rng(seed)
+  small = rng.integers(0, 256, [hw[0] // 10, hw[1] // 10, 3]).astype(np.float32)
+  return tf.cast(tf.image.resize(small, hw), tf.uint8).numpy()

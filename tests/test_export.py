@@ -27,7 +27,7 @@ from mnv2_det.export import tflite_convert
 from mnv2_det.export import tflite_postprocess
 from mnv2_det.tools_lib import checkpoints
 from mnv2_det.tools_lib import evaluate
-from detector_weights import spread_detector, tiny_overrides
+from detector_weights import spread_detector, tiny_overrides, smooth_image
 
 EXPERIMENT = 'ssdlite_mnv2_shapes'
 INPUT = 128
@@ -40,10 +40,7 @@ IMAGE_HW = (150, 210)  # Not the input size: the SavedModel must resize.
 
 
 def _image(seed, hw=IMAGE_HW):
-  """Smooth random uint8 RGB image (upsampled noise)."""
-  rng = np.random.default_rng(seed)
-  small = rng.integers(0, 256, [hw[0] // 10, hw[1] // 10, 3]).astype(np.float32)
-  return tf.cast(tf.image.resize(small, hw), tf.uint8).numpy()
+  return smooth_image(seed, hw)
 
 
 @pytest.fixture(scope='module')

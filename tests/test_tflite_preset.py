@@ -15,7 +15,7 @@ from mnv2_det.export import tflite
 from mnv2_det.export import tflite_metadata
 from mnv2_det.export import tflite_presets
 from mnv2_det.tools_lib import checkpoints
-from detector_weights import spread_detector, tiny_overrides
+from detector_weights import spread_detector, tiny_overrides, smooth_image
 import tflite_metadata_checks as checks
 
 EXPERIMENT = 'ssdlite_mnv2_shapes'
@@ -23,9 +23,7 @@ INPUT = 128
 
 
 def _image(seed, hw=(150, 210)):
-  rng = np.random.default_rng(seed)
-  small = rng.integers(0, 256, [hw[0] // 10, hw[1] // 10, 3]).astype(np.float32)
-  return tf.cast(tf.image.resize(small, hw), tf.uint8).numpy()
+  return smooth_image(seed, hw)
 
 
 @pytest.fixture(scope='module')

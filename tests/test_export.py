@@ -190,12 +190,16 @@ def test_int8_export_runs(setup, fp32_tflite):
   # Pixels in [0, 255], not normalized [-1, 1] images.
   assert 0.0 <= min(r.min() for r in representative)
   assert 2.0 < max(r.max() for r in representative) <= 255.0
+  # Calibration images darker than 255 (max <= 204) must not change what the uint8
+  # input means: pixel values, scale 1, zero point 0, as MediaPipe feeds them.
+  darker = [r * 0.8 for r in representative]
   path = tflite_convert.export_tflite(s['params'], s['model'], s['category_map'],
                                       str(s['out'] / 'int8.tflite'), 'int8',
-                                      representative=representative)
+                                      representative=darker)
   detector = tflite.TFLiteDetector(path)
   assert detector.input_dtype == np.uint8 and detector.info['quantization'] == 'int8'
   interpreter = Interpreter(model_path=path)
+  assert interpreter.get_input_details()[0]['quantization'] == (1.0, 0)
   kinds = {d['dtype'] for d in interpreter.get_tensor_details()}
   assert np.int8 in kinds  # Quantized conv body.
   out = detector(_image(5))

@@ -82,6 +82,11 @@ RGB_CHANNELS = 3
 # 0.541), 0.626 / 0.632 on the 4096-image main-job model (float 0.637); see README.
 INT8_LOGIT_CLIP = 10.0
 INT8_BOX_CODE_CLIP = 12.0
+# int8 only. The uint8 input must mean pixel values (scale 1, zero point 0): MediaPipe
+# and the Task Library feed raw uint8 pixels. Calibrated from the representative
+# images alone, the input range is theirs (e.g. max 246 gives scale 0.9645, and
+# MediaPipe's detections then differ from the model's); a fake-quant op pins it.
+INPUT_PIXEL_RANGE = (0.0, 255.0)
 TFLITE_BATCH_SIZE = 1
 
 
@@ -99,9 +104,10 @@ class TFLiteGraph(tf.Module):
 
   def __init__(self, model, input_size: Sequence[int], num_classes: int,
                postprocess_config: tflite_postprocess.PostProcessConfig,
-               clip_outputs: bool = False):
+               clip_outputs: bool = False, pin_input_range: bool = False):
     super().__init__(name='ssdlite_tflite')
     self._clip_outputs = clip_outputs
+    self._pin_input_range = pin_input_range
     self.model_variables = list(model.variables)
     self._model_raw_outputs = model.raw_outputs
     self._input_size = [int(s) for s in input_size[:2]]
@@ -122,8 +128,12 @@ class TFLiteGraph(tf.Module):
 
     `SSDLiteModel.raw_outputs` (inference mode, no TF post-processing) flattened in
     anchor order; with `clip_outputs`, each level's logits and box codes clipped first
-    (INT8_LOGIT_CLIP).
+    (INT8_LOGIT_CLIP); with `pin_input_range`, the input range fixed at
+    INPUT_PIXEL_RANGE (uint8 scale 1, zero point 0).
     """
+    if self._pin_input_range:
+      pixels = tf.quantization.fake_quant_with_min_max_args(
+          pixels, min=INPUT_PIXEL_RANGE[0], max=INPUT_PIXEL_RANGE[1], num_bits=8)
     images = preprocess.normalize_image(pixels)
     cls_outputs, box_outputs = self._model_raw_outputs(images, training=False)
     if self._clip_outputs:
@@ -252,7 +262,7 @@ def tflite_detector_bytes(params, model, category_map: CategoryMap, quant: str,
   post = postprocess_config(params, use_regular_nms,
                             num_real_classes=loader.num_real_classes(params, category_map))
   graph = TFLiteGraph(model, params.task.model.input_size, params.task.model.num_classes,
-                      post, clip_outputs=quant == 'int8')
+                      post, clip_outputs=quant == 'int8', pin_input_range=quant == 'int8')
   tflite_model = convert(graph, quant, representative)
   info = saved_model.detector_info(
       params, category_map, format=METADATA_FORMAT, version=METADATA_VERSION,

@@ -54,7 +54,8 @@ def test_ssd_320_count_and_shapes():
   shapes = anchors.ssd_feature_map_shapes((320, 320))
   assert shapes == SHAPES_320
   boxes = anchors.generate_ssd_anchors(shapes)
-  # 3 * 20^2 + 6 * (10^2 + 5^2 + 3^2 + 2^2 + 1^2) = 1200 + 834 = 2034 (REFERENCE.md).
+  # 3 * 20^2 + 6 * (10^2 + 5^2 + 3^2 + 2^2 + 1^2) = 1200 + 834 = 2034
+  # (docs/reference.md, "SSDLite in the paper").
   assert boxes.shape == (2034, 4)
   assert boxes.dtype == np.float32
 

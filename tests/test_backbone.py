@@ -20,7 +20,8 @@ def test_parameter_count_equals_keras_applications(multiplier):
       input_shape=(224, 224, 3), alpha=multiplier, include_top=False, weights=None)
   assert ours.count_params() == keras_model.count_params()
   if multiplier == 1.0:
-    # REFERENCE.md: the features alone have 2,257,984 params.
+    # docs/reference.md, "MobileNetV2 parameter counts and MAdds": the features alone have
+    # 2,257,984 params.
     assert ours.count_params() == 2_257_984
 
 

@@ -16,9 +16,10 @@ class Preset:
   bn_epsilon: float
 
 
-# REFERENCE.md, "Slim MobileNetV2" training_scope: L2 4e-5 on conv kernels (not depthwise),
-# truncated normal 0.09, bn_decay 0.997, eps 1e-3. keras.applications: no L2, Keras
-# initializers, BatchNormalization(momentum=0.999, epsilon=1e-3).
+# docs/reference.md, "Slim training defaults" (slim training_scope): L2 4e-5 on conv
+# kernels (not depthwise), truncated normal 0.09, bn_decay 0.997, eps 1e-3.
+# keras.applications: no L2, Keras initializers, BatchNormalization(momentum=0.999,
+# epsilon=1e-3).
 PRESETS = {
     'slim': Preset(weight_decay=4e-5, init_stddev=0.09, bn_momentum=0.997, bn_epsilon=1e-3),
     'keras': Preset(weight_decay=0.0, init_stddev=None, bn_momentum=0.999, bn_epsilon=1e-3),

@@ -25,7 +25,8 @@ def _restrictions():
 
 @exp_factory.register_config_factory('ssdlite_mnv2_coco')
 def ssdlite_mnv2_coco() -> cfg.ExperimentConfig:
-  """OD API `ssdlite_mobilenet_v2_coco` at the paper's 320x320 (REFERENCE.md).
+  """OD API `ssdlite_mobilenet_v2_coco` at the paper's 320x320
+  (docs/reference.md, "Training schedule and augmentation").
 
   RMSProp (lr 0.004, momentum 0.9, rho 0.9, epsilon 1.0), batch 24, lr x0.95 every
   800720 examples' worth of steps, as the OD API config; 91 outputs (COCO ids 1..90 +

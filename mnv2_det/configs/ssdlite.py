@@ -11,7 +11,8 @@ from mnv2_det.configs import backbones
 
 
 def _detector_backbone():
-  # The OD API SSDLite feature extractor taps these two endpoints (REFERENCE.md).
+  # The OD API SSDLite feature extractor taps these two endpoints
+  # (docs/reference.md, "SSD feature maps").
   return backbones.Backbone(
       type='mnv2_det',
       mnv2_det=backbones.MobileNetV2Det(endpoints=['layer_15/expansion_output', 'layer_19']))
@@ -27,7 +28,7 @@ class FeatureMaps(hyperparams.Config):
 
 @dataclasses.dataclass
 class Anchor(hyperparams.Config):
-  """OD API `ssd_anchor_generator` (REFERENCE.md)."""
+  """OD API `ssd_anchor_generator` (docs/reference.md, "SSD anchors")."""
   num_layers: int = 6
   min_scale: float = 0.2
   max_scale: float = 0.95

@@ -1,9 +1,9 @@
 """Training augmentation: SSD random crop and random horizontal flip.
 
 Follows the semantics of the TF Object Detection API's `ssd_random_crop`
-(REFERENCE.md: the ssdlite_mobilenet_v2_coco config uses random horizontal flip
-+ ssd_random_crop), written with stateless random ops so a seed makes every
-element reproducible regardless of tf.data parallelism:
+(docs/reference.md, "Training schedule and augmentation": the ssdlite_mobilenet_v2_coco
+config uses random horizontal flip + ssd_random_crop), written with stateless random
+ops so a seed makes every element reproducible regardless of tf.data parallelism:
 
   1. pick one of 7 options uniformly; option i has min_object_covered and
      overlap threshold OPTION_THRESHOLDS[i];

@@ -1,9 +1,10 @@
 """Table between a dataset's category ids and the model's contiguous class indices.
 
-Class convention (CONVENTIONS / DESIGN.md, Model Garden RetinaNet and OD API
-`add_background_class` style): the model has `num_classes` outputs INCLUDING
-background at index 0; the dataset's category ids, sorted ascending, become the
-contiguous indices 1..K. COCO's ids 1..90 with gaps therefore map to 1..80.
+Class convention (docs/reference.md, "Class ids and background"; Model Garden
+RetinaNet and OD API `add_background_class` style): the model has `num_classes`
+outputs INCLUDING background at index 0; the dataset's category ids, sorted
+ascending, become the contiguous indices 1..K. COCO's ids 1..90 with gaps therefore
+map to 1..80.
 """
 
 import dataclasses

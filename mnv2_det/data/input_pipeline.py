@@ -1,7 +1,8 @@
 """tf.data input pipeline for SSD detection: decode, augment, resize, label.
 
 One element of the batched dataset is `(images, labels)`:
-  images: `[B, H, W, 3]` float32 in [-1, 1] ((2/255)·x − 1, REFERENCE.md);
+  images: `[B, H, W, 3]` float32 in [-1, 1] ((2/255)·x − 1,
+    docs/reference.md, "Preprocessing");
     'keep_aspect' padding (bottom/right) is 0 after normalization.
   labels: dict with
     every key the injected `anchor_labeler` returns, batched;

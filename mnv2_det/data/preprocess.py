@@ -1,7 +1,7 @@
 """Image decoding, resizing and normalization for the detection input pipeline.
 
 Conventions: images are `[height, width, channels]`; boxes are normalized
-`[ymin, xmin, ymax, xmax]` (REFERENCE.md / DESIGN.md).
+`[ymin, xmin, ymax, xmax]` (docs/design.md, "Conventions"; docs/frames.md).
 """
 
 from typing import Sequence, Tuple, Union
@@ -9,11 +9,13 @@ from typing import Sequence, Tuple, Union
 import tensorflow as tf
 
 RESIZE_MODES = ('fixed', 'keep_aspect')
-# Network stride that 'keep_aspect' output sizes must divide (REFERENCE.md: the
-# OD API pads to a multiple of 32 for MobileNetV2 feature maps).
+# Network stride that 'keep_aspect' output sizes must divide
+# (docs/reference.md, "Padding to a multiple of 32": the OD API pads to a multiple of 32
+# for MobileNetV2 feature maps).
 KEEP_ASPECT_MULTIPLE = 32
 RGB_CHANNELS = 3
-# (2/255)·x − 1 maps [0, 255] to [-1, 1] (REFERENCE.md, slim/OD API/Keras MobileNetV2).
+# (2/255)·x − 1 maps [0, 255] to [-1, 1] (docs/reference.md, "Preprocessing";
+# slim/OD API/Keras MobileNetV2).
 PIXEL_SCALE = 2.0 / 255.0
 PIXEL_OFFSET = -1.0
 # Value written into the padding of 'keep_aspect' images, after normalization.

@@ -8,9 +8,9 @@ op; the TF function itself returns dummies and must never be run for real.
 
 Op contract (tensorflow/lite/kernels/detection_postprocess.cc):
   inputs  box encodings `[1, N, 4]` Faster R-CNN codes (ty, tx, th, tw) with the
-          y/x/h/w scale attributes (here 10, 10, 5, 5, REFERENCE.md), class scores
-          `[1, N, num_classes + 1]` AFTER the activation (the op applies none; we feed
-          sigmoid), column 0 background, and anchors `[N, 4]` CENTER-SIZE
+          y/x/h/w scale attributes (here 10, 10, 5, 5, docs/reference.md, "Box coder"),
+          class scores `[1, N, num_classes + 1]` AFTER the activation (the op applies
+          none; we feed sigmoid), column 0 background, and anchors `[N, 4]` CENTER-SIZE
           (ycenter, xcenter, h, w) normalized;
   outputs boxes `[1, K, 4]` normalized `[ymin, xmin, ymax, xmax]` of the frame the
           anchors are normalized to (ours: the network input frame, docs/frames.md),

@@ -2,8 +2,8 @@
 with `use_depthwise`, kernel 3, no intermediate layers).
 
 Per level and per branch (classes, boxes): 3x3 depthwise (+BN+ReLU6), then a 1x1 conv with
-bias. Kernels: truncated normal 0.03, L2 4e-5 on the 1x1 convs (REFERENCE.md, box
-predictor).
+bias. Kernels: truncated normal 0.03, L2 4e-5 on the 1x1 convs
+(docs/reference.md, "Box predictor").
 
 Classes are **sigmoid with a background channel**: `num_classes` includes background at
 index 0, trained with one-hot targets like the other channels, as the OD API's

@@ -1,7 +1,8 @@
 """MobileNetV2 architecture table and depth rules (slim `V2_DEF`, paper Table 2).
 
-Facts from REFERENCE.md ("Slim MobileNetV2"): 19 ops; expansion 6 except the first block;
-depths follow `_make_divisible`; the 1280 conv keeps full width for multipliers below 1.
+Facts from docs/reference.md, "MobileNetV2 block table": 19 ops; expansion 6 except the
+first block; depths follow `_make_divisible`; the 1280 conv keeps full width for
+multipliers below 1.
 """
 
 import dataclasses
@@ -55,7 +56,8 @@ NUM_LAYERS = 19
 FINAL_CONV_DEPTH = 1280
 
 # Model Garden level keys -> the slim endpoint MG's MobileNetV2 exposes for that level: the
-# last block output at strides 4, 8, 16, 32 (24/32/96/320 channels, REFERENCE.md).
+# last block output at strides 4, 8, 16, 32 (24/32/96/320 channels,
+# docs/reference.md, "Model Garden level keys").
 LEVEL_ENDPOINTS = {'2': 'layer_4', '3': 'layer_7', '4': 'layer_14', '5': 'layer_18'}
 
 

@@ -20,8 +20,8 @@ ratios for default boxes"):
 * Order: layer by layer, then row-major over (y, x), then the box specs of one location.
 * No clipping (the OD API's SSD default).
 
-All anchors are normalized [ymin, xmin, ymax, xmax] float32. Defaults follow REFERENCE.md
-("SSD anchors (ssd_anchor_generator)"). Note the OD API configs write the last aspect
+All anchors are normalized [ymin, xmin, ymax, xmax] float32. Defaults follow
+docs/reference.md, "SSD anchors". Note the OD API configs write the last aspect
 ratio as 0.3333 rather than 1/3; pass that value to reproduce their anchors to the bit.
 
 Model Garden's RetinaNet code wants anchors per level as `{str(level): [H, W, A * 4]}`
@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-# Defaults of the OD API ssd_anchor_generator (REFERENCE.md).
+# Defaults of the OD API ssd_anchor_generator (docs/reference.md, "SSD anchors").
 DEFAULT_NUM_LAYERS = 6
 DEFAULT_MIN_SCALE = 0.2
 DEFAULT_MAX_SCALE = 0.95

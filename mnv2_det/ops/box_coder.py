@@ -1,5 +1,6 @@
 """Faster R-CNN box coding (Ren et al. 2015, arXiv 1506.01497, eq. 2), as the SSD of the
-TF Object Detection API uses it (REFERENCE.md: scale factors (y, x, h, w) = (10, 10, 5, 5)).
+TF Object Detection API uses it (docs/reference.md, "Box coder": scale factors (y, x, h, w) =
+(10, 10, 5, 5)).
 
 With box centre (y, x) and size (h, w), anchor (ya, xa, ha, wa), scale factors
 (sy, sx, sh, sw):
@@ -25,7 +26,7 @@ import tensorflow as tf
 
 from official.vision.ops import box_ops
 
-# (y, x, h, w) scale factors of the OD API SSD configs (REFERENCE.md, "Box coder").
+# (y, x, h, w) scale factors of the OD API SSD configs (docs/reference.md, "Box coder").
 SCALE_FACTORS = (10.0, 10.0, 5.0, 5.0)
 # Added to heights and widths before encoding (same value as the OD API coder).
 EPSILON = box_ops.EPSILON

@@ -13,9 +13,10 @@ Tensor conventions (shared by every function here):
   positive_mask: `[batch, num_anchors]` float32, 1.0 for matched anchors.
   anchors:       `[num_anchors, 4]` normalized `[ymin, xmin, ymax, xmax]`.
 
-The default loss follows the OD API ssdlite_mobilenet_v2_coco config (REFERENCE.md):
-weighted sigmoid classification + smooth L1 localization, both weight 1.0, hard
-example mining (CLASSIFICATION loss type) and normalization by the number of matches.
+The default loss follows the OD API ssdlite_mobilenet_v2_coco config
+(docs/reference.md, "Loss and hard example mining"): weighted sigmoid classification +
+smooth L1 localization, both weight 1.0, hard example mining (CLASSIFICATION loss
+type) and normalization by the number of matches.
 """
 
 import tensorflow as tf
@@ -24,7 +25,8 @@ import tf_keras
 from mnv2_det.ops import box_coder
 from official.vision.losses import focal_loss as mg_focal_loss
 
-# Hard example miner settings of ssdlite_mobilenet_v2_coco.config (REFERENCE.md).
+# Hard example miner settings of ssdlite_mobilenet_v2_coco.config
+# (docs/reference.md, "Loss and hard example mining").
 NUM_HARD_EXAMPLES = 3000
 MINING_IOU_THRESHOLD = 0.99
 MAX_NEGATIVES_PER_POSITIVE = 3

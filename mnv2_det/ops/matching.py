@@ -1,6 +1,6 @@
 """SSD target assignment: IoU argmax matching with force match, then box encoding.
 
-Semantics of the TF Object Detection API SSD (REFERENCE.md, "Matcher"): ArgMaxMatcher on
+Semantics of the TF Object Detection API SSD (docs/reference.md, "Matcher"): ArgMaxMatcher on
 IoU similarity with matched_threshold 0.5, unmatched_threshold 0.5 and
 force_match_for_each_row (each ground truth claims its best anchor). Per anchor:
 
@@ -36,7 +36,7 @@ FIRST_CLASS = 1
 # matched_gt_index values of anchors without a ground truth.
 UNMATCHED = -1
 IGNORED = -2
-# OD API SSD thresholds (REFERENCE.md).
+# OD API SSD thresholds (docs/reference.md, "Matcher").
 MATCH_THRESHOLD = 0.5
 UNMATCHED_THRESHOLD = 0.5
 # Match-type indicators given to BoxMatcher, one per IoU interval:

@@ -1,9 +1,10 @@
 """Pad images to a multiple of the network stride, and map boxes across the padding.
 
-The OD API feeds feature extractors `pad_to_multiple(x, 32)` (REFERENCE.md): zeros are
-added at the *end* of each spatial axis (bottom rows, then right columns) up to
-`ceil(h / m) * m`, `ceil(w / m) * m`. Image content keeps its pixel coordinates, so a
-box in absolute pixels is the same in both frames; only *normalized* boxes change.
+The OD API feeds feature extractors `pad_to_multiple(x, 32)` (docs/reference.md,
+"Padding to a multiple of 32"): zeros are added at the *end* of each spatial axis
+(bottom rows, then right columns) up to `ceil(h / m) * m`, `ceil(w / m) * m`. Image
+content keeps its pixel coordinates, so a box in absolute pixels is the same in both
+frames; only *normalized* boxes change.
 """
 
 import tensorflow as tf

@@ -26,8 +26,9 @@ jobs running): ~2-3 ms with the defaults (NMS stops after `max_total` picks);
 ~10 ms. Model Garden's MultilevelDetectionGenerator on the same inputs: 'batched'
 ~8 ms, 'v1' ~400 ms, 'v2' ~340 ms.
 
-Defaults follow the OD API ssdlite_mobilenet_v2_coco config (REFERENCE.md): score
-threshold 1e-8, IoU 0.6, 100 per class, 100 total, sigmoid scores.
+Defaults follow the OD API ssdlite_mobilenet_v2_coco config
+(docs/reference.md, "Post-processing"): score threshold 1e-8, IoU 0.6, 100 per class,
+100 total, sigmoid scores.
 """
 
 import tensorflow as tf

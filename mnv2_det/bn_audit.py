@@ -51,7 +51,10 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from mnv2_det.tools_lib import checkpoints
+from mnv2_det.core import checkpoints
+from mnv2_det.cli import flags
+from mnv2_det.core import loading
+from mnv2_det.core import params as params_lib
 
 # A layer is 'stale' above either threshold: a mean off by half a data standard
 # deviation on average over channels, or variances off by a factor 2 on average.
@@ -304,7 +307,7 @@ def write_checkpoint(model, source_prefix: str, output_dir: str,
   with tf.io.gfile.GFile(os.path.join(output_dir, CHECKPOINT_INDEX_FILE), 'w') as f:
     f.write(f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n')
   if params_file:
-    shutil.copyfile(params_file, os.path.join(output_dir, checkpoints.PARAMS_FILE))
+    shutil.copyfile(params_file, os.path.join(output_dir, params_lib.PARAMS_FILE))
   return prefix
 
 
@@ -347,9 +350,9 @@ def run(args) -> Dict[str, Any]:
   prefix, params_file = checkpoints.resolve_checkpoint(args.checkpoint, args.best)
   if args.recalibrate:
     check_output_dir(args.output_dir, prefix)  # before the slow part
-  params = checkpoints.build_params(args.experiment, params_file, args.config_file,
+  params = params_lib.build_params(args.experiment, params_file, args.config_file,
                                  args.params_override)
-  task, model = checkpoints.load_task_and_model(params, prefix)
+  task, model = loading.load_task_and_model(params, prefix)
   dataset = audit_dataset(task, params, args.data)
   rows = audit(model, dataset, args.num_batches, eager=args.eager)
   print(format_table(rows))
@@ -374,7 +377,7 @@ def run(args) -> Dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = checkpoints.argument_parser(__doc__)
+  parser = flags.argument_parser(__doc__)
   parser.add_argument('--data', default='train', choices=('train', 'validation'),
                       help='train: training pipeline without augmentation')
   parser.add_argument('--num_batches', type=int, default=DEFAULT_NUM_BATCHES)
@@ -385,4 +388,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--eager', action='store_true',
                       help='run eagerly instead of tracing (faster for 1-3 batches)')
   args = parser.parse_args(argv)
-  return checkpoints.run_cli(lambda: run(args))
+  return flags.run_cli(lambda: run(args))

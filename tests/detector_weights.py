@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from official.core import task_factory
 
-from mnv2_det.tools_lib import checkpoints
+from mnv2_det.core import params as params_lib
 
 SHAPES_EXPERIMENT = 'ssdlite_mnv2_shapes'
 SHAPES_NUM_CLASSES = 6  # background + the 5 shapes categories
@@ -57,7 +57,7 @@ def spread_detector(params_override: str, num_classes: int = SHAPES_NUM_CLASSES,
                     experiment: str = SHAPES_EXPERIMENT):
   """(params, task, model): the experiment with `params_override`, built, with
   `spread_weights`."""
-  params = checkpoints.build_params(experiment, params_override=params_override)
+  params = params_lib.build_params(experiment, params_override=params_override)
   task = task_factory.get_task(params.task)
   model = task.build_model()
   spread_weights(model, num_classes)

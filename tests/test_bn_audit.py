@@ -15,7 +15,9 @@ from official.core import train_utils
 
 from mnv2_det import bn_audit
 from mnv2_det.data import shapes
-from mnv2_det.tools_lib import checkpoints
+from mnv2_det.core import checkpoints
+from mnv2_det.core import errors
+from mnv2_det.core import params as params_lib
 
 EXPERIMENT = 'ssdlite_mnv2_shapes'
 NUM_IMAGES = 8
@@ -45,7 +47,7 @@ def setup(tmp_path_factory):
         'model': {'input_size': [128, 128, 3],
                   'backbone': {'mnv2_det': {'depth_multiplier': 0.35}}},
         'train_data': split('train'), 'validation_data': split('val')}}, f)
-  params = checkpoints.build_params(EXPERIMENT, config_files=[config])
+  params = params_lib.build_params(EXPERIMENT, config_files=[config])
   task = task_factory.get_task(params.task)
   dataset = bn_audit.audit_dataset(task, params, 'validation')
   return task, params, dataset
@@ -240,7 +242,7 @@ def test_cli_audit_and_recalibrate(setup, model, tmp_path, capsys):
   out, report_path = str(tmp_path / 'recal'), str(tmp_path / 'bn.json')
   argv = ['--experiment', EXPERIMENT, '--checkpoint', model_dir, '--data', 'train',
           '--num_batches', '1', '--eager', '--report', report_path]
-  assert bn_audit.main(argv + ['--recalibrate']) == checkpoints.ERROR_EXIT_CODE
+  assert bn_audit.main(argv + ['--recalibrate']) == errors.ERROR_EXIT_CODE
   assert capsys.readouterr().err.startswith('error: --recalibrate needs --output_dir')
   assert bn_audit.main(argv + ['--recalibrate', '--output_dir', out]) == 0
   text = capsys.readouterr().out

@@ -12,7 +12,7 @@ from mnv2_det.data import shapes
 from mnv2_det.export import calibration
 from mnv2_det.export import cli
 from mnv2_det.export import tflite
-from mnv2_det.tools_lib import checkpoints
+from mnv2_det.core import errors
 from detector_weights import spread_detector, tiny_overrides
 
 EXPERIMENT = 'ssdlite_mnv2_shapes'
@@ -94,12 +94,12 @@ def test_export_int8_calibrated_on_a_folder(folder, tmp_path, capsys):
   (bad / 'x.jpg').write_bytes(b'garbage')
   output2 = str(tmp_path / 'bad.tflite')
   assert cli.main(common + ['--calibration_images', str(bad), '--output', output2]) == (
-      checkpoints.ERROR_EXIT_CODE)
+      errors.ERROR_EXIT_CODE)
   err = capsys.readouterr().err
   assert f'error: calibration image folder {bad} holds no readable image' in err
   assert not os.path.exists(output2)
   # Only for int8.
   assert cli.main(['tflite', '--experiment', EXPERIMENT, '--checkpoint', prefix,
                    '--calibration_images', folder, '--output', output2]) == (
-      checkpoints.ERROR_EXIT_CODE)
+      errors.ERROR_EXIT_CODE)
   assert '--calibration_images applies to --quant int8' in capsys.readouterr().err

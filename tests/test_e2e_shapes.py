@@ -16,7 +16,7 @@ import yaml
 
 import mnv2_det  # pylint: disable=unused-import
 from mnv2_det.data import shapes
-from mnv2_det.export import loader
+from mnv2_det.core import loading
 from mnv2_det.export import tflite
 from mnv2_det.export import tflite_convert
 from mnv2_det.ops import anchors as anchor_ops
@@ -132,7 +132,7 @@ def test_eval_mode_agrees_with_train_mode_on_training_images(trained):
 
 
 def test_int8_tflite_keeps_val_ap_of_fp32(trained, tmp_path):
-  loaded = loader.load_detector('ssdlite_mnv2_shapes', str(trained))
+  loaded = loading.load_model(str(trained), 'ssdlite_mnv2_shapes')
   val = loaded.params.task.validation_data
   representative = tflite_convert.representative_images(
       loaded.task, loaded.params, REPRESENTATIVE_IMAGES)

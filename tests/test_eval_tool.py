@@ -27,7 +27,8 @@ from mnv2_det.data import shapes
 from mnv2_det.data.category_map import CategoryMap
 from mnv2_det.export import saved_model
 from mnv2_det.export import tflite_convert
-from mnv2_det.tools_lib import checkpoints
+from mnv2_det.core import errors
+from mnv2_det.core import params as params_lib
 from mnv2_det.tools_lib import evaluate
 from detector_weights import spread_weights
 
@@ -71,7 +72,7 @@ def config_file(data, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def task_and_params(config_file):
-  params = checkpoints.build_params(EXPERIMENT, config_files=[config_file])
+  params = params_lib.build_params(EXPERIMENT, config_files=[config_file])
   return task_factory.get_task(params.task), params
 
 
@@ -238,7 +239,7 @@ def test_cli_end_to_end_on_fresh_checkpoint(model_dir, tmp_path, capsys):
 def _run_cli_expecting_error(argv, capsys):
   code = evaluate.main(argv)
   err = capsys.readouterr().err
-  assert code == checkpoints.ERROR_EXIT_CODE
+  assert code == errors.ERROR_EXIT_CODE
   assert err.startswith('error: ') and 'Traceback' not in err
   return err
 

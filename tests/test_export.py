@@ -25,7 +25,8 @@ from mnv2_det.export import serving_inputs
 from mnv2_det.export import tflite
 from mnv2_det.export import tflite_convert
 from mnv2_det.export import tflite_postprocess
-from mnv2_det.tools_lib import checkpoints
+from mnv2_det.core import checkpoints
+from mnv2_det.core import errors
 from mnv2_det.tools_lib import evaluate
 from detector_weights import spread_detector, tiny_overrides, smooth_image
 
@@ -257,7 +258,7 @@ def test_recalibrate_bn_flag_changes_the_export_not_the_checkpoint(setup, fp32_t
     assert f.read() == checkpoint_bytes
   rc = cli.main(['tflite', '--experiment', EXPERIMENT, '--checkpoint', setup['prefix'],
                  '--output', str(tmp_path / 'x.tflite'), '--recalibrate_bn', '0'])
-  assert rc == checkpoints.ERROR_EXIT_CODE and '--recalibrate_bn' in _error_line(capsys)
+  assert rc == errors.ERROR_EXIT_CODE and '--recalibrate_bn' in _error_line(capsys)
 
 
 _WITHOUT_LITERT = """
@@ -308,7 +309,7 @@ def test_missing_checkpoint_cli(setup, tmp_path, capsys):
   output = tmp_path / 'sub' / 'sm'
   rc = cli.main(['saved_model', '--experiment', EXPERIMENT, '--checkpoint',
                  str(tmp_path / 'nope'), '--output', str(output)])
-  assert rc == checkpoints.ERROR_EXIT_CODE
+  assert rc == errors.ERROR_EXIT_CODE
   assert 'nope' in _error_line(capsys)
   assert not os.listdir(tmp_path)
 
@@ -325,7 +326,7 @@ def test_corrupt_checkpoint_cli_leaves_nothing(setup, tmp_path, capsys):
   output = tmp_path / 'out' / 'model.tflite'
   rc = cli.main(['tflite', '--experiment', EXPERIMENT, '--checkpoint', prefix,
                  '--params_override', setup['override'], '--output', str(output)])
-  assert rc == checkpoints.ERROR_EXIT_CODE
+  assert rc == errors.ERROR_EXIT_CODE
   assert 'ckpt-1' in _error_line(capsys)
   assert sorted(os.listdir(tmp_path)) == ['ckpt-1.data-00000-of-00001', 'ckpt-1.index']
 

@@ -27,7 +27,7 @@ from mnv2_det.export import serving_inputs
 from mnv2_det.export import tflite
 from mnv2_det.export import tflite_convert
 from mnv2_det.ops import anchors as anchor_ops
-from mnv2_det.tools_lib import checkpoints
+from mnv2_det.core import params as params_lib
 from official.core import task_factory
 from detector_weights import SHAPES_EXPERIMENT, tiny_overrides
 
@@ -56,7 +56,7 @@ def _pixel_anchor(padded_hw, level_index, row, col, spec_index, num_layers=6):
 def _params(data_dir, input_hw, extra=''):
   override = tiny_overrides(data_dir)
   override += f',task.model.input_size=[{input_hw[0]},{input_hw[1]},3]' + extra
-  return checkpoints.build_params(SHAPES_EXPERIMENT, params_override=override)
+  return params_lib.build_params(SHAPES_EXPERIMENT, params_override=override)
 
 
 @pytest.fixture(scope='module')

@@ -22,13 +22,13 @@ from official.core import train_utils
 from mnv2_det.data import preprocess
 from mnv2_det.data import shapes
 from mnv2_det.data.category_map import UNKNOWN, CategoryMap
-from mnv2_det.export import loader
+from mnv2_det.core import loading
+from mnv2_det.core import params as params_lib
 from mnv2_det.export import saved_model
 from mnv2_det.export import serving_inputs
 from mnv2_det.export import tflite
 from mnv2_det.export import tflite_convert
 from mnv2_det.export import tflite_postprocess
-from mnv2_det.tools_lib import checkpoints
 from mnv2_det.tools_lib import evaluate
 from detector_weights import spread_weights, tiny_overrides
 
@@ -108,7 +108,7 @@ def shapes_run(data_dir, tmp_path_factory):
   """The shapes experiment as registered (num_classes must be K + 1 for its K = 5
   categories), tiny: trained a few steps, exported."""
   override = _override(data_dir)
-  params = checkpoints.build_params(EXPERIMENT, params_override=override)
+  params = params_lib.build_params(EXPERIMENT, params_override=override)
   task = task_factory.get_task(params.task)
   model = task.build_model()
   logs = _train(task, params, model)
@@ -153,10 +153,10 @@ def test_shapes_exports_have_no_phantom_slot(shapes_run):
 
 # ----------------------------------------------------------------- K is refused
 def test_k_plus_1_is_accepted_and_k_is_refused(data_dir):
-  params = checkpoints.build_params(EXPERIMENT, params_override=_override(data_dir, K + 1))
+  params = params_lib.build_params(EXPERIMENT, params_override=_override(data_dir, K + 1))
   task = task_factory.get_task(params.task)
   assert list(task.category_map.dataset_ids) == SHAPES_IDS
-  params = checkpoints.build_params(EXPERIMENT, params_override=_override(data_dir, K))
+  params = params_lib.build_params(EXPERIMENT, params_override=_override(data_dir, K))
   task = task_factory.get_task(params.task)
   message = (f'instances_train.json: {K} categories need task.model.num_classes >= '
              f'{K + 1} ({K} + background at index 0), got {K}')
@@ -169,11 +169,11 @@ def test_k_plus_1_is_accepted_and_k_is_refused(data_dir):
 
 def test_exporters_refuse_a_category_table_larger_than_the_head():
   table = CategoryMap.from_ids(SHAPES_IDS)
-  params = checkpoints.build_params(EXPERIMENT, params_override='task.model.num_classes=5')
+  params = params_lib.build_params(EXPERIMENT, params_override='task.model.num_classes=5')
   with pytest.raises(ValueError, match='5 categories need task.model.num_classes >= 6'):
-    loader.num_real_classes(params, table)
-  params = checkpoints.build_params(EXPERIMENT, params_override='task.model.num_classes=6')
-  assert loader.num_real_classes(params, table) == K
+    loading.num_real_classes(params, table)
+  params = params_lib.build_params(EXPERIMENT, params_override='task.model.num_classes=6')
+  assert loading.num_real_classes(params, table) == K
 
 
 # ----------------------------------------------------------------- COCO: 80 ids in 1..90
@@ -221,14 +221,14 @@ def coco_run(data_dir, tmp_path_factory):
   score highest; checkpoint, SavedModel and fp32 TFLite."""
   out = tmp_path_factory.mktemp('coco')
   override = _write_coco_style(data_dir, str(out))
-  params = checkpoints.build_params(EXPERIMENT, params_override=override)
+  params = params_lib.build_params(EXPERIMENT, params_override=override)
   task = task_factory.get_task(params.task)
   model = task.build_model()
   logs = _train(task, params, model, steps=1)
   spread_weights(model, COCO_NUM_CLASSES)
   _raise_tail_outputs(model, COCO_NUM_CLASSES, len(COCO_IDS))
   prefix = tf.train.Checkpoint(model=model).write(str(out / 'ckpt-1'))
-  loaded = loader.load_detector(EXPERIMENT, prefix, params_override=override)
+  loaded = loading.load_model(prefix, EXPERIMENT, params_override=override)
   sm = saved_model.export_saved_model(loaded.params, loaded.model, loaded.category_map,
                                       str(out / 'sm'))
   fp32 = tflite_convert.export_tflite(loaded.params, loaded.model, loaded.category_map,

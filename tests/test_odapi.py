@@ -243,11 +243,13 @@ def test_label_map_names_fill_the_table(tmp_path):
 def test_imported_model_exports_int8_that_agrees_with_float(imported, tmp_path):
   from mnv2_det.export import tflite  # pylint: disable=g-import-not-at-top
   from mnv2_det.export import tflite_convert  # pylint: disable=g-import-not-at-top
-  from mnv2_det.tools_lib import checkpoints  # pylint: disable=g-import-not-at-top
+  from mnv2_det.core import checkpoints  # pylint: disable=g-import-not-at-top
+  from mnv2_det.core import loading
+  from mnv2_det.core import params as params_lib
   expected = _expected('ssdlite_300')
   prefix, params_file = checkpoints.resolve_checkpoint(imported['ssdlite_300'])
-  params = checkpoints.build_params('ssdlite_mnv2_coco', params_file)
-  task, model = checkpoints.load_task_and_model(params, prefix)
+  params = params_lib.build_params('ssdlite_mnv2_coco', params_file)
+  task, model = loading.load_task_and_model(params, prefix)
   rng = np.random.default_rng(0)
   representative = [expected['images'][i:i + 1].astype(np.float32) for i in range(2)] + [
       rng.uniform(0, 255, [1, 300, 300, 3]).astype(np.float32) for _ in range(6)]
@@ -291,7 +293,7 @@ def test_fine_tune_imported_model_with_new_class_count(imported, tmp_path):
        '--mode', 'train', '--model_dir', str(model_dir), '--params_override', overrides],
       capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
   assert result.returncode == 0, result.stderr[-3000:]
-  from mnv2_det.tools_lib import checkpoints  # pylint: disable=g-import-not-at-top
+  from mnv2_det.core import checkpoints  # pylint: disable=g-import-not-at-top
 
   def tensors(prefix, part):
     """{object path: value} of the model variables under `part` (a path prefix)."""

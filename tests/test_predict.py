@@ -23,7 +23,7 @@ from mnv2_det.data.category_map import UNKNOWN
 from mnv2_det.export import saved_model
 from mnv2_det.export import serving_inputs
 from mnv2_det.export import tflite_convert
-from mnv2_det.tools_lib import checkpoints
+from mnv2_det.core import errors
 from mnv2_det.tools_lib import predict
 from detector_weights import spread_detector, tiny_overrides
 
@@ -211,7 +211,7 @@ def test_unknown_model_format_exit_2(setup, tmp_path, capsys):
   junk = tmp_path / 'model.bin'
   junk.write_bytes(b'\x00' * 64)
   rc, _ = _run(setup, str(junk), 'junk', [setup['images']])
-  assert rc == checkpoints.ERROR_EXIT_CODE
+  assert rc == errors.ERROR_EXIT_CODE
   line = _error(capsys)
   assert str(junk) in line and 'unknown model format' in line
   folder = tmp_path / 'empty_dir'

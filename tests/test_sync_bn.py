@@ -34,7 +34,7 @@ tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import mnv2_det
 from official.core import task_factory
-from mnv2_det.tools_lib import checkpoints
+from mnv2_det.core import params as params_lib
 
 data_dir, = sys.argv[1:]
 strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
@@ -44,7 +44,7 @@ per_replica = np.stack([np.full([2, 96, 96, 3], level, np.float32) +
                         for level in (-0.8, 0.8)])
 out = {'replicas': strategy.num_replicas_in_sync}
 for sync in (True, False):
-  params = checkpoints.build_params('ssdlite_mnv2_shapes', params_override=','.join([
+  params = params_lib.build_params('ssdlite_mnv2_shapes', params_override=','.join([
       f'task.train_data.annotation_file={data_dir}/annotations/instances_train.json',
       f'task.train_data.image_dir={data_dir}/train',
       'task.model.input_size=[96,96,3]',

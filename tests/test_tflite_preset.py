@@ -14,7 +14,7 @@ from mnv2_det.export import edgetpu
 from mnv2_det.export import tflite
 from mnv2_det.export import tflite_metadata
 from mnv2_det.export import tflite_presets
-from mnv2_det.tools_lib import checkpoints
+from mnv2_det.core import errors
 from detector_weights import spread_detector, tiny_overrides, smooth_image
 import tflite_metadata_checks as checks
 
@@ -125,7 +125,7 @@ def test_overrides_and_the_threshold_is_respected(exports):
 def test_bad_preset_values_are_one_error(exports, flags, message, capsys):
   output = str(exports['out'] / 'bad.tflite')
   assert cli.main(exports['common'] + flags + ['--output', output]) == (
-      checkpoints.ERROR_EXIT_CODE)
+      errors.ERROR_EXIT_CODE)
   assert message in capsys.readouterr().err
 
 

@@ -1,8 +1,10 @@
 """tools/train.py end to end in subprocesses: BN updates reach the checkpoint, frozen BN
 stays, resume after kill -9, refusal of a foreign model_dir, NaN stop."""
 
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +15,11 @@ import pytest
 import tensorflow as tf
 
 from mnv2_det.data import shapes
-from mnv2_det.export import loader
+from mnv2_det.core import loading
+from mnv2_det.core import model_dir as model_dir_lib
+from mnv2_det.export import cli as export_cli
+from mnv2_det.tools_lib import evaluate
+from mnv2_det.tools_lib import predict
 from mnv2_det.tools_lib import train_cli
 
 pytestmark = pytest.mark.slow  # tools/train.py subprocesses (tests/conftest.py)
@@ -191,7 +197,7 @@ def test_ema_best_checkpoint_holds_the_averaged_weights(tmp_path, data_dir):
   for name in moving:
     np.testing.assert_array_equal(best[name], latest[name], err_msg=name)
   # The tools' --best reads those averaged weights.
-  loaded = loader.load_detector('ssdlite_mnv2_shapes', str(model_dir), best=True)
+  loaded = loading.load_model(str(model_dir), 'ssdlite_mnv2_shapes', best=True)
   np.testing.assert_allclose(loaded.model.backbone.get_layer('Conv1').kernel.numpy(),
                              latest[kernel.replace(suffix, average)], rtol=1e-6, atol=1e-7)
 
@@ -287,7 +293,7 @@ def test_resume_after_kill_9(trained_dir, data_dir, tmp_path):
   result = _probe(model_dir, rerun, probe)
   assert result.returncode == 0, result.stderr[-3000:]
   assert f'restored model from {checkpoint}' in result.stdout + result.stderr
-  loaded = loader.load_detector('ssdlite_mnv2_shapes', checkpoint)
+  loaded = loading.load_model(checkpoint, 'ssdlite_mnv2_shapes')
   assert _fingerprint_line(result.stdout) == train_cli.weights_fingerprint(loaded.model)
   assert f'probe: optimizer Adam, iterations {killed_at}' in result.stdout
   restored = _checkpoint_values(probe)
@@ -320,3 +326,48 @@ def test_bad_annotation_file_is_one_line_naming_it(tmp_path, data_dir, content, 
   error = [line for line in result.stderr.splitlines() if line.startswith('error:')]
   assert len(error) == 1 and 'instances_bad.json' in error[0], result.stderr[-2000:]
   assert field.lower() in error[0].lower()
+
+
+def test_copied_model_dir_needs_no_training_data(trained_dir, data_dir, tmp_path):
+  """A model dir copied to an empty folder exports, predicts and evaluates with no
+  --experiment and no training annotations anywhere (core/model_dir.py)."""
+  model_dir, _ = trained_dir
+  with open(model_dir / model_dir_lib.CATEGORIES_FILE, encoding='utf-8') as f:
+    table = [(c['id'], c['name']) for c in json.load(f)['categories']]
+  assert table == [(i, name) for i, name, _ in shapes.CATEGORIES]
+  names = [name for _, name in table]
+  copy = tmp_path / 'elsewhere' / 'run'
+  shutil.copytree(model_dir, copy)
+  hidden = tmp_path / 'hidden'
+  hidden.mkdir()
+  train_json = os.path.join(data_dir, 'annotations', 'instances_train.json')
+  moved = [(train_json, str(hidden / 'train.json')),
+           (os.path.join(data_dir, 'train'), str(hidden / 'train'))]
+  val_json = os.path.join(data_dir, 'annotations', 'instances_val.json')
+  val_dir = os.path.join(data_dir, 'val')
+  out = tmp_path / 'out'
+  try:
+    for src, dst in moved:
+      shutil.move(src, dst)
+    assert export_cli.main(['saved_model', '--checkpoint', str(copy),
+                            '--output', str(out / 'sm')]) == 0
+    assert export_cli.main(['tflite', '--checkpoint', str(copy),
+                            '--output', str(out / 'm.tflite')]) == 0
+    assert predict.main(['--model', str(copy), '--output', str(out / 'pred'),
+                         val_dir]) == 0
+    with open(out / 'pred' / predict.CATEGORIES_FILE, encoding='utf-8') as f:
+      assert [c['name'] for c in json.load(f)] == names
+    report_file = str(out / 'report.json')
+    assert evaluate.main(['--checkpoint', str(copy), '--report', report_file,
+                          '--params_override',
+                          f'task.validation_data.annotation_file={val_json},'
+                          f'task.validation_data.image_dir={val_dir}']) == 0
+    with open(report_file, encoding='utf-8') as f:
+      report = json.load(f)
+    assert report['num_images'] == 8 and len(report['per_class']) == len(names)
+    with open(out / 'sm' / 'detector.json', encoding='utf-8') as f:
+      assert json.load(f)['class_names'] == names
+  finally:
+    for src, dst in moved:
+      if os.path.exists(dst):
+        shutil.move(dst, src)

@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mnv2_det.odapi import importer  # pylint: disable=g-import-not-at-top
-from mnv2_det.tools_lib import checkpoints  # pylint: disable=g-import-not-at-top
+from mnv2_det.cli import flags
 
 
 def main(argv=None) -> int:
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
       print('pipeline.config fields not used (data paths, eval settings): ' +
             ', '.join(report['fields_not_used']))
 
-  return checkpoints.run_cli(run)
+  return flags.run_cli(run)
 
 
 if __name__ == '__main__':

@@ -44,12 +44,13 @@ import numpy as np
 from mnv2_det import bn_audit
 from mnv2_det.export import atomic
 from mnv2_det.export import calibration
-from mnv2_det.export import loader
+from mnv2_det.cli import flags
+from mnv2_det.core import loading
+from mnv2_det.core import params as params_lib
 from mnv2_det.export import saved_model
 from mnv2_det.export import tflite as tflite_runtime
 from mnv2_det.export import tflite_convert
 from mnv2_det.export import tflite_presets
-from mnv2_det.tools_lib import checkpoints
 
 BYTES_PER_MB = 1024.0 * 1024.0
 # Pixel value of the blank image of the post-export smoke run.
@@ -58,7 +59,8 @@ SMOKE_TEST_PIXEL = 128
 
 def _common_flags() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(add_help=False)
-  parser.add_argument('--experiment', required=True, help='registered experiment name')
+  parser.add_argument('--experiment', help='registered experiment name (optional when the '
+                      'model dir has a params.yaml)')
   parser.add_argument('--checkpoint', required=True,
                       help='checkpoint prefix, or a model_dir (latest ckpt + params.yaml)')
   parser.add_argument('--output', required=True, help='output folder / .tflite file')
@@ -127,9 +129,9 @@ def run(args) -> str:
   """Exports as `args` say; returns the output path."""
   atomic.check_output(args.output, args.overwrite)  # Fail before the slow part.
   if args.format == 'saved_model':
-    loader.optional_int(args.batch_size, '--batch_size')
+    params_lib.optional_int(args.batch_size, '--batch_size')
   else:
-    loader.optional_int(args.representative_images, '--representative_images')
+    params_lib.optional_int(args.representative_images, '--representative_images')
     tflite_presets.get(args.preset)
     if args.calibration_images:
       if args.quant != 'int8':
@@ -139,10 +141,10 @@ def run(args) -> str:
       tflite_presets.validate(args.max_detections, args.score_threshold)
     except ValueError as e:
       raise ValueError(f'--{e}') from e
-  loader.optional_int(args.recalibrate_bn, '--recalibrate_bn')
+  params_lib.optional_int(args.recalibrate_bn, '--recalibrate_bn')
   start = time.perf_counter()
-  loaded = loader.load_detector(args.experiment, args.checkpoint, args.config_file,
-                                args.params_override, args.best)
+  loaded = loading.load_model(args.checkpoint, args.experiment, args.config_file,
+                              args.params_override, args.best)
   if args.recalibrate_bn:
     dataset = bn_audit.audit_dataset(loaded.task, loaded.params, 'train')
     used = bn_audit.recalibrate(loaded.model, dataset, args.recalibrate_bn)
@@ -154,7 +156,7 @@ def run(args) -> str:
   else:
     representative = None
     if args.quant == 'int8' and args.calibration_images:
-      settings = loader.detection_settings(loaded.params)
+      settings = loading.detection_settings(loaded.params)
       representative = calibration.folder_images(
           args.calibration_images, settings['input_size'], settings['resize_mode'],
           args.representative_images, seed=loaded.params.task.train_data.seed)
@@ -181,7 +183,7 @@ def run(args) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = build_parser().parse_args(argv)
-  return checkpoints.run_cli(lambda: run(args))
+  return flags.run_cli(lambda: run(args))
 
 
 if __name__ == '__main__':

@@ -37,7 +37,8 @@ from official.vision.serving import export_base
 
 from mnv2_det.data.category_map import UNKNOWN, CategoryMap
 from mnv2_det.export import atomic
-from mnv2_det.export import loader
+from mnv2_det.core import loading
+from mnv2_det.core import params as params_lib
 from mnv2_det.export import serving_inputs
 
 DEFAULT_SIGNATURE = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY  # 'serving_default'
@@ -71,8 +72,8 @@ class SSDLiteServingModule(export_base.ExportModule):
                fixed_batch_size: Optional[int] = None):
     """Args: experiment params, restored SSDLiteModel, its category table, and the
     batch size of the optional `serving_batch` signature."""
-    settings = loader.detection_settings(params)
-    real = loader.num_real_classes(params, category_map)
+    settings = loading.detection_settings(params)
+    real = loading.num_real_classes(params, category_map)
     if model.num_real_classes != real:
       raise ValueError(f'the model detects {model.num_real_classes} classes but the '
                        f'category table has {real}: build it with the task '
@@ -80,7 +81,7 @@ class SSDLiteServingModule(export_base.ExportModule):
     self._output_size = settings['input_size']
     self._resize_mode = settings['resize_mode']
     self._category_map = category_map
-    self._fixed_batch_size = loader.optional_int(fixed_batch_size, 'batch_size')
+    self._fixed_batch_size = params_lib.optional_int(fixed_batch_size, 'batch_size')
     super().__init__(params, batch_size=SERVING_BATCH_SIZE,
                      input_image_size=list(self._output_size), input_type=IMAGE_TENSOR_KEY,
                      model=_InferenceModel(model), input_name=INPUT_NAME)
@@ -129,8 +130,8 @@ def detector_info(params, category_map: CategoryMap, **extra) -> dict:
   training head's `task.model.num_classes` (params.yaml): outputs past K have no
   dataset id and are not exported. Files written before this rule may say more.
   """
-  info = loader.detection_settings(params)
-  info.update({'num_classes': loader.num_real_classes(params, category_map) + 1,
+  info = loading.detection_settings(params)
+  info.update({'num_classes': loading.num_real_classes(params, category_map) + 1,
                'dataset_ids': [int(i) for i in category_map.dataset_ids],
                'class_names': list(category_map.names)})
   info.update(extra)
@@ -155,7 +156,7 @@ def export_saved_model(params, model, category_map: CategoryMap, output: str,
   Returns:
     The absolute output path.
   """
-  loader.optional_int(batch_size, 'batch_size')
+  params_lib.optional_int(batch_size, 'batch_size')
   with atomic.atomic_output(output, is_dir=True, overwrite=overwrite) as temp:
     module = SSDLiteServingModule(params, model, category_map, fixed_batch_size=batch_size)
     keys = {IMAGE_TENSOR_KEY: DEFAULT_SIGNATURE}

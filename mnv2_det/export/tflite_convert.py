@@ -49,14 +49,15 @@ from tensorflow.lite.tools import flatbuffer_utils
 from mnv2_det.data import preprocess
 from mnv2_det.data.category_map import CategoryMap
 from mnv2_det.export import atomic
-from mnv2_det.export import loader
+from mnv2_det.core import errors
+from mnv2_det.core import loading
+from mnv2_det.core import params as params_lib
 from mnv2_det.export import saved_model
 from mnv2_det.export import serving_inputs
 from mnv2_det.export import tflite_metadata
 from mnv2_det.export import tflite_postprocess
 from mnv2_det.ops import anchors as anchor_ops
 from mnv2_det.ops import box_coder
-from mnv2_det.tools_lib import checkpoints
 
 QUANT_TYPES = ('fp32', 'fp16', 'int8')
 DEFAULT_REPRESENTATIVE_IMAGES = 100
@@ -168,7 +169,7 @@ def postprocess_config(params, use_regular_nms: bool = True,
                        ) -> tflite_postprocess.PostProcessConfig:
   """The op's attributes; its `num_classes` is `num_real_classes` (the category
   table's K; None: the head's num_classes - 1)."""
-  s = loader.detection_settings(params)
+  s = loading.detection_settings(params)
   if num_real_classes is None:
     num_real_classes = s['num_classes'] - 1
   if s['max_detections_per_class'] != tflite_postprocess.KERNEL_DETECTIONS_PER_CLASS:
@@ -191,7 +192,7 @@ def representative_images(task, params, num_images: int = DEFAULT_REPRESENTATIVE
   Raises:
     ValueError: num_images < 1, or the training data cannot be read.
   """
-  loader.optional_int(num_images, 'representative image count')
+  params_lib.optional_int(num_images, 'representative image count')
   data = copy.deepcopy(params.task.train_data)
   data.global_batch_size = TFLITE_BATCH_SIZE
   data.parser.aug_random_flip = False
@@ -206,7 +207,7 @@ def representative_images(task, params, num_images: int = DEFAULT_REPRESENTATIVE
   except (tf.errors.OpError, OSError, ValueError) as e:
     raise ValueError(f'int8 quantization needs representative images from '
                      f'task.train_data ({source or "not set"}): '
-                     f'{checkpoints.first_line(e)}') from e
+                     f'{errors.first_line(e)}') from e
   if not images:
     raise ValueError(f'task.train_data ({source}) yielded no representative images')
   return images
@@ -260,7 +261,7 @@ def tflite_detector_bytes(params, model, category_map: CategoryMap, quant: str,
   is added to the JSON metadata (e.g. `tflite_presets.apply`'s preset, num_threads)."""
   check_quant(quant)
   post = postprocess_config(params, use_regular_nms,
-                            num_real_classes=loader.num_real_classes(params, category_map))
+                            num_real_classes=loading.num_real_classes(params, category_map))
   graph = TFLiteGraph(model, params.task.model.input_size, params.task.model.num_classes,
                       post, clip_outputs=quant == 'int8', pin_input_range=quant == 'int8')
   tflite_model = convert(graph, quant, representative)

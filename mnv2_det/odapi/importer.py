@@ -20,13 +20,14 @@ import yaml
 
 from official.core import train_utils
 
+from mnv2_det.core import model_dir as model_dir_lib
 from mnv2_det.export import atomic
 from mnv2_det.modeling import factory
 from mnv2_det.odapi import checkpoint as odapi_checkpoint
 from mnv2_det.odapi import label_map as label_map_lib
 from mnv2_det.odapi import translate
 
-CATEGORIES_FILE = 'categories.json'
+CATEGORIES_FILE = model_dir_lib.CATEGORIES_FILE
 REPORT_FILE = 'odapi_import.json'
 CHECKPOINT_NAME = 'ckpt'
 YAML_SECTIONS = ('task', 'trainer', 'runtime')
@@ -72,7 +73,7 @@ def import_model(pipeline_config: str, checkpoint: str, model_dir: str,
             'input_size': list(params.task.model.input_size[:2]),
             'fields_not_used': not_used}
   with atomic.atomic_output(model_dir, is_dir=True, overwrite=overwrite) as temp:
-    label_map_lib.write_categories(os.path.join(temp, CATEGORIES_FILE), categories)
+    model_dir_lib.write_categories(os.path.join(temp, CATEGORIES_FILE), categories)
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), temp,
                                          max_to_keep=1, checkpoint_name=CHECKPOINT_NAME)
     manager.save(checkpoint_number=0)

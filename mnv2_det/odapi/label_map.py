@@ -7,7 +7,6 @@ ids the label map names keep their names, the others are named `UNNAMED_FORMAT %
 Then contiguous index == label id, and detections carry the OD API's ids.
 """
 
-import json
 import os
 from typing import Dict, List, Optional
 
@@ -85,9 +84,3 @@ def category_table(num_classes: int, label_map: Optional[str] = None) -> List[di
     names = COCO_NAMES if num_classes == COCO_NUM_CLASSES else {}
   return [{'id': i, 'name': names.get(i, UNNAMED_FORMAT % i)}
           for i in range(1, num_classes + 1)]
-
-
-def write_categories(path: str, categories: List[dict]) -> None:
-  """A COCO JSON with only `categories` (no images): the model dir's category table."""
-  with open(path, 'w', encoding='utf-8') as f:
-    json.dump({'images': [], 'annotations': [], 'categories': categories}, f, indent=1)

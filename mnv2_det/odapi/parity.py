@@ -11,13 +11,15 @@ import tensorflow as tf
 
 from mnv2_det.export import serving_inputs
 from mnv2_det.ops import anchors as anchor_ops
-from mnv2_det.tools_lib import checkpoints
+from mnv2_det.core import checkpoints
+from mnv2_det.core import loading
+from mnv2_det.core import params as params_lib
 
 
 def _load(model_dir: str):
   prefix, params_file = checkpoints.resolve_checkpoint(model_dir)
-  params = checkpoints.build_params('ssdlite_mnv2_coco', params_file)
-  task, model = checkpoints.load_task_and_model(params, prefix)
+  params = params_lib.build_params('ssdlite_mnv2_coco', params_file)
+  task, model = loading.load_task_and_model(params, prefix)
   return params, task, model
 
 

@@ -66,11 +66,18 @@ class SSDLiteTask(base_task.Task):
     """K of the category table, or None (all num_classes - 1) when no annotation file
     is configured or it does not exist (e.g. model stats of an experiment whose data
     was never generated): then there are no dataset ids to map detections to."""
-    data = self.task_config.train_data
-    source = data.annotation_file or self.task_config.validation_data.annotation_file
-    if not source or not tf.io.gfile.exists(source):
-      return None
+    if self._category_map is None:
+      data = self.task_config.train_data
+      source = data.annotation_file or self.task_config.validation_data.annotation_file
+      if not source or not tf.io.gfile.exists(source):
+        return None
     return len(self.category_map.dataset_ids)
+
+  def use_category_map(self, category_map) -> None:
+    """Takes `category_map` (e.g. a model dir's categories.json) instead of the
+    training annotations' table; checked against num_classes as that one is."""
+    self._check_category_map(category_map, 'the category table')
+    self._category_map = category_map
 
   def initialize(self, model: tf_keras.Model):
     """Restores `init_checkpoint` (modules: 'all' or 'backbone') if set."""
@@ -88,7 +95,7 @@ class SSDLiteTask(base_task.Task):
         k.startswith('model/') for k in reader.get_variable_to_shape_map()):
       # A trainer's (or tools/import_odapi.py's) Checkpoint(model=...): layers whose
       # shapes changed (the class predictor for a new class count) start fresh.
-      from mnv2_det.tools_lib import checkpoints  # pylint: disable=g-import-not-at-top
+      from mnv2_det.core import checkpoints  # pylint: disable=g-import-not-at-top
       restored, fresh = checkpoints.restore_matching(model, path)
       logging.info('Initialized %d variables from %s; %d left fresh: %s', restored, path,
                    len(fresh), fresh)
@@ -112,16 +119,19 @@ class SSDLiteTask(base_task.Task):
         raise ValueError('task.train_data.annotation_file (a COCO JSON) is needed for the '
                          'category table')
       category_map = input_pipeline.load_category_map(source)
-      num_categories = len(category_map.dataset_ids)
-      num_classes = self.task_config.model.num_classes
-      # num_classes counts background at index 0: K categories need K + 1 outputs.
-      if category_map.num_classes > num_classes:
-        raise ValueError(
-            f'{source}: {num_categories} categories need task.model.num_classes >= '
-            f'{category_map.num_classes} ({num_categories} + background at index 0), '
-            f'got {num_classes}')
+      self._check_category_map(category_map, source)
       self._category_map = category_map
     return self._category_map
+
+  def _check_category_map(self, category_map, source: str) -> None:
+    num_categories = len(category_map.dataset_ids)
+    num_classes = self.task_config.model.num_classes
+    # num_classes counts background at index 0: K categories need K + 1 outputs.
+    if category_map.num_classes > num_classes:
+      raise ValueError(
+          f'{source}: {num_categories} categories need task.model.num_classes >= '
+          f'{category_map.num_classes} ({num_categories} + background at index 0), '
+          f'got {num_classes}')
 
   def anchor_labeler(self):
     parser = self.task_config.train_data.parser

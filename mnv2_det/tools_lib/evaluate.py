@@ -46,7 +46,9 @@ from mnv2_det.data import image_check
 from mnv2_det.data import preprocess
 from mnv2_det.data.category_map import UNKNOWN, CategoryMap
 from mnv2_det.export import tflite
-from mnv2_det.tools_lib import checkpoints
+from mnv2_det.cli import flags
+from mnv2_det.core import loading
+from mnv2_det.core import params as params_lib
 
 # COCOeval.stats order (REFERENCE.md).
 STAT_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl',
@@ -395,13 +397,13 @@ def _validation_files(args) -> Tuple[str, str]:
   """(annotation file, image dir) for --model: flags first, else the experiment's."""
   annotation_file, image_dir = args.annotation_file, args.image_dir
   if not (annotation_file and image_dir):
-    if not args.experiment:
+    params_file = os.path.join(args.model, params_lib.PARAMS_FILE)
+    params_file = params_file if os.path.isfile(params_file) else None
+    if not (args.experiment or params_file):
       raise ValueError(f'--model {args.model}: give --annotation_file and --image_dir, '
                        'or --experiment (+ overrides) naming the validation data')
-    params_file = os.path.join(args.model, checkpoints.PARAMS_FILE)
-    params = checkpoints.build_params(
-        args.experiment, params_file if os.path.isfile(params_file) else None,
-        args.config_file, args.params_override)
+    params = params_lib.build_params(args.experiment, params_file, args.config_file,
+                                     args.params_override)
     data = params.task.validation_data
     annotation_file = annotation_file or params.task.annotation_file or data.annotation_file
     image_dir = image_dir or data.image_dir
@@ -413,8 +415,8 @@ def _validation_files(args) -> Tuple[str, str]:
 
 # ----------------------------------------------------------------- CLI
 def _evaluate_checkpoint(args) -> Dict[str, Any]:
-  params, checkpoint = checkpoints.params_and_checkpoint(args)
-  task, model = checkpoints.load_task_and_model(params, checkpoint)
+  params, checkpoint = flags.params_and_checkpoint(args)
+  task, model = loading.load_task_and_model(params, checkpoint)
   data = params.task.validation_data
   annotation_file = params.task.annotation_file or data.annotation_file
   if not annotation_file:
@@ -439,9 +441,7 @@ def _evaluate_exported(args) -> Dict[str, Any]:
 def run(args) -> Dict[str, Any]:
   """Evaluates --checkpoint or --model (module docstring); prints, returns the report."""
   if bool(args.checkpoint) == bool(args.model):
-    raise ValueError('give exactly one of --checkpoint (with --experiment) and --model')
-  if args.checkpoint and not args.experiment:
-    raise ValueError(f'--checkpoint {args.checkpoint} needs --experiment')
+    raise ValueError('give exactly one of --checkpoint and --model')
   report = _evaluate_checkpoint(args) if args.checkpoint else _evaluate_exported(args)
   print(format_report(report))
   if args.report:
@@ -452,7 +452,7 @@ def run(args) -> Dict[str, Any]:
 
 def main_parser():
   """The tools/eval.py flags."""
-  parser = checkpoints.argument_parser(__doc__, checkpoint_required=False)
+  parser = flags.argument_parser(__doc__, checkpoint_required=False)
   parser.add_argument('--model', help='exported SavedModel folder or .tflite file')
   parser.add_argument('--annotation_file', help='with --model: COCO JSON to evaluate on')
   parser.add_argument('--image_dir', help='with --model: folder of its images')
@@ -467,4 +467,4 @@ def main_parser():
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = main_parser().parse_args(argv)
-  return checkpoints.run_cli(lambda: run(args))
+  return flags.run_cli(lambda: run(args))

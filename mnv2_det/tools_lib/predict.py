@@ -10,7 +10,8 @@ MODEL's format is found from what is on disk:
   * a file with the TFLite identifier: a .tflite of `tools/export.py tflite` (class
     names from its metadata);
   * a checkpoint prefix (`run/ckpt-500`, or its `.index` file) or a model_dir (latest
-    checkpoint, `best_ckpt/` with --best): needs --experiment; the model_dir's
+    checkpoint, `best_ckpt/` with --best): --experiment is needed only without a
+    params.yaml beside the checkpoint; the model_dir's
     params.yaml, then --config_file and --params_override are applied (as in
     tools/eval.py). The checkpoint runs through the SavedModel's own serving function
     (`saved_model.SSDLiteServingModule`), so both give the same detections.
@@ -52,11 +53,14 @@ import tensorflow as tf
 
 from mnv2_det.data import preprocess
 from mnv2_det.data.category_map import UNKNOWN
-from mnv2_det.export import loader
+from mnv2_det.cli import flags
+from mnv2_det.core import errors
+from mnv2_det.core import loading
+from mnv2_det.core import params as params_lib
 from mnv2_det.export import saved_model
 from mnv2_det.export import tflite
 from mnv2_det.tools_lib import draw
-from mnv2_det.tools_lib import checkpoints
+from mnv2_det.core import checkpoints
 from mnv2_det.tools_lib import evaluate
 
 DEFAULT_SCORE_THRESHOLD = 0.3
@@ -138,12 +142,14 @@ def _serving_fn(module_or_signature) -> Callable[[np.ndarray], Dict[str, np.ndar
 
 def _check_experiment(args, fmt: str) -> None:
   if fmt == FORMAT_CHECKPOINT and not args.experiment:
-    raise ValueError(f'--model {args.model} is a checkpoint: --experiment is required')
+    # build_params says so too, but only after the first image is read.
+    params_lib.build_params(None, checkpoints.resolve_checkpoint(
+        model_format(args.model)[1], args.best)[1])
 
 
 def load_checkpoint(args, path: str) -> Predictor:
-  loaded = loader.load_detector(args.experiment, path, args.config_file,
-                                args.params_override, args.best)
+  loaded = loading.load_model(path, args.experiment, args.config_file,
+                              args.params_override, args.best)
   module = saved_model.SSDLiteServingModule(loaded.params, loaded.model,
                                             loaded.category_map)
   signature = module.get_inference_signatures(
@@ -157,7 +163,7 @@ def load_saved_model(path: str) -> Predictor:
     model = tf.saved_model.load(path)
   except Exception as e:  # pylint: disable=broad-except  # Damaged files: many types.
     raise ValueError(f'--model {path}: the SavedModel cannot be loaded: '
-                     f'{checkpoints.first_line(e)}') from e
+                     f'{errors.first_line(e)}') from e
   signature = model.signatures.get(saved_model.DEFAULT_SIGNATURE)
   outputs = set(signature.structured_outputs) if signature is not None else set()
   if not outputs >= set(evaluate.DETECTION_KEYS):
@@ -359,4 +365,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = build_parser().parse_args(argv)
-  return checkpoints.run_cli(lambda: run(args))
+  return flags.run_cli(lambda: run(args))

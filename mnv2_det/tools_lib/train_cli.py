@@ -20,7 +20,6 @@ from typing import Any, Dict, Optional
 
 from absl import logging
 import numpy as np
-import orbit
 import tensorflow as tf
 import yaml
 
@@ -32,7 +31,9 @@ from official.modeling import performance
 from official.vision.utils import summary_manager
 
 import mnv2_det  # pylint: disable=unused-import  # registers backbone, task, experiments
-from mnv2_det.tools_lib import checkpoints
+from mnv2_det.core import errors
+from mnv2_det.core import model_dir as model_dir_lib
+from mnv2_det.core import params as params_lib
 from mnv2_det.tools_lib import evaluate
 
 # Model fields that may change between runs in one model_dir: they alter neither the
@@ -52,15 +53,14 @@ def define_flags():
 
 
 def parse_params(flag_values):
-  """Experiment config from flags; bad overrides or files become a ValueError."""
-  try:
-    return train_utils.parse_configuration(flag_values)
-  except (KeyError, AttributeError, TypeError, tf.errors.NotFoundError,
-          yaml.YAMLError) as e:
-    raise ValueError(
-        f'could not build the config of experiment {flag_values.experiment!r} from '
-        f'--config_file {flag_values.config_file} --params_override '
-        f'{flag_values.params_override!r}: {e}') from None
+  """Experiment config from Model Garden's flags (--experiment, --config_file,
+  --params_override) through the one params builder (core/params.py); validated and
+  locked as Model Garden's train_utils.parse_configuration does."""
+  params = params_lib.build_params(flag_values.experiment, None,
+                                   flag_values.config_file or [],
+                                   flag_values.params_override or '')
+  params.lock()
+  return params
 
 
 def check_model_dir(params, model_dir: str):
@@ -70,7 +70,7 @@ def check_model_dir(params, model_dir: str):
   except RESUMABLE_MODEL_FIELDS; everything else (schedule, data paths, eval settings)
   may change between runs.
   """
-  saved = os.path.join(model_dir, checkpoints.PARAMS_FILE)
+  saved = os.path.join(model_dir, params_lib.PARAMS_FILE)
   if not tf.io.gfile.exists(saved) or not tf.train.latest_checkpoint(model_dir):
     return
   with tf.io.gfile.GFile(saved) as f:
@@ -202,6 +202,9 @@ def run_experiment(params, model_dir: str, mode: str):
         checkpoint_exporter=train_utils.maybe_create_best_ckpt_exporter(params, model_dir))
   train_actions = []
   if 'train' in mode:
+    # The model dir carries its category table (core/model_dir.py).
+    model_dir_lib.write_categories(os.path.join(model_dir, model_dir_lib.CATEGORIES_FILE),
+                                   model_dir_lib.categories_of(task.category_map))
     # These run before Model Garden's own recovery action, so a NaN stops here with
     # the steps named.
     train_actions = [DivergenceGuard(trainer, params.trainer.steps_per_loop, model_dir,
@@ -236,7 +239,7 @@ def run(flag_values) -> int:
     model, logs = run_experiment(params, flag_values.model_dir, flag_values.mode)
   except (ValueError, TrainingDiverged) as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
-    return checkpoints.ERROR_EXIT_CODE
+    return errors.ERROR_EXIT_CODE
   if 'train' in flag_values.mode:
     # Equal on every worker of a synchronous run: a cheap check that replicas agree.
     print(f'final weights sha256: {weights_fingerprint(model)}', flush=True)

@@ -1,41 +1,32 @@
-"""Checkpoints and experiment configs for the tools: resolve, build, restore.
+"""Checkpoints: resolve a model dir or prefix, walk the object graph, restore.
 
-Shared by tools/eval.py, tools/bn_audit.py, tools/predict.py and the exporters:
   * `resolve_checkpoint`: a model_dir (latest or best_ckpt/) or a prefix ->
     (prefix, params.yaml or None);
-  * `build_params`: experiment <- params.yaml <- config files <- k=v overrides;
+  * `model_variable_keys` / `model_variable_paths`: the checkpoint's and a live
+    model's variables by child-name path (the one object-graph walk of the package);
   * `restore_model`: reads a tf.train.Checkpoint(model=...) (the Model Garden
     trainer's) into a built model after checking every variable path and shape;
-  * `argument_parser` / `run_cli`: the shared flags and the `error: ...` / exit
-    code 2 convention for ValueErrors.
+  * `restore_matching`: the fine-tuning start (variables whose path and shape match).
 """
 
-import argparse
 import os
-import sys
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import tensorflow as tf
-import yaml
 from google.protobuf import message
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from official.core import exp_factory
-from official.core import task_factory
-from official.modeling import hyperparams
+from mnv2_det.core.errors import first_line
+from mnv2_det.core.params import PARAMS_FILE
 
-import mnv2_det  # pylint: disable=unused-import  # registers backbone, task, experiments
-
-PARAMS_FILE = 'params.yaml'
 BEST_CKPT_SUBDIR = 'best_ckpt'
 CHECKPOINT_MODEL_KEY = 'model'  # Model Garden trainer: tf.train.Checkpoint(model=...)
 _OBJECT_GRAPH_KEY = '_CHECKPOINTABLE_OBJECT_GRAPH'
 _VARIABLE_ATTRIBUTE = 'VARIABLE_VALUE'
-ERROR_EXIT_CODE = 2
 # What reading a damaged checkpoint raises: a truncated .data file IndexError from the
 # reader, a garbage .index DataLossError (OpError), a damaged object graph DecodeError.
-_UNREADABLE_CHECKPOINT_ERRORS = (tf.errors.OpError, OSError, IndexError, EOFError,
-                                 message.DecodeError, UnicodeDecodeError)
+UNREADABLE_CHECKPOINT_ERRORS = (tf.errors.OpError, OSError, IndexError, EOFError,
+                                message.DecodeError, UnicodeDecodeError)
 
 
 def resolve_checkpoint(path: str, best: bool = False) -> Tuple[str, Optional[str]]:
@@ -62,31 +53,6 @@ def resolve_checkpoint(path: str, best: bool = False) -> Tuple[str, Optional[str
                      f'checkpoint prefix with {path}.index)')
   params_file = os.path.join(model_dir, PARAMS_FILE)
   return prefix, (params_file if tf.io.gfile.exists(params_file) else None)
-
-
-def build_params(experiment: str, params_file: Optional[str] = None,
-                 config_files: Sequence[str] = (), params_override: str = ''):
-  """experiment defaults <- params_file <- config_files <- params_override."""
-  try:
-    params = exp_factory.get_exp_config(experiment)
-  except (KeyError, LookupError) as e:
-    raise ValueError(f'unknown experiment {experiment!r}') from e
-  for source in ([params_file] if params_file else []) + list(config_files or []):
-    if not tf.io.gfile.exists(source):
-      raise ValueError(f'config file {source} does not exist')
-    params = _override(params, source, source)
-  if params_override:
-    params = _override(params, params_override, '--params_override')
-  params.validate()
-  return params
-
-
-def _override(params, source, what):
-  try:
-    return hyperparams.override_params_dict(params, source, is_strict=True)
-  except (KeyError, ValueError, TypeError, AttributeError, yaml.YAMLError) as e:
-    message = e.args[0] if isinstance(e, KeyError) and e.args else e
-    raise ValueError(f'{what}: {message}') from e
 
 
 def model_variable_keys(prefix: str) -> Dict[Tuple[str, ...], str]:
@@ -154,7 +120,7 @@ def restore_matching(model, prefix: str) -> Tuple[int, list]:
         values.append((variable, reader.get_tensor(key)))
       else:
         fresh.append('/'.join(path))
-  except _UNREADABLE_CHECKPOINT_ERRORS as e:
+  except UNREADABLE_CHECKPOINT_ERRORS as e:
     raise ValueError(f'checkpoint {prefix} cannot be read: {first_line(e)}') from e
   if not values:
     raise ValueError(f'init checkpoint {prefix} matches none of the model\'s variables')
@@ -172,16 +138,9 @@ def restore_model(model, prefix: str) -> None:
   """
   try:
     _restore_model(model, prefix)
-  except _UNREADABLE_CHECKPOINT_ERRORS as e:
+  except UNREADABLE_CHECKPOINT_ERRORS as e:
     raise ValueError(f'checkpoint {prefix} cannot be read (corrupt or truncated?): '
                      f'{first_line(e)}') from e
-
-
-def first_line(error: Exception) -> str:
-  """The first line of an exception's message (a TF op error's `message`), for one-line
-  user errors."""
-  text = getattr(error, 'message', None) or str(error)
-  return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
 def _restore_model(model, prefix: str) -> None:
@@ -203,50 +162,3 @@ def _restore_model(model, prefix: str) -> None:
                        f'{variable.shape.as_list()}{hint}')
   status = tf.train.Checkpoint(**{CHECKPOINT_MODEL_KEY: model}).read(prefix)
   status.expect_partial().assert_existing_objects_matched()
-
-
-def load_task_and_model(params, prefix: str):
-  """Builds the task and its model from `params` and restores `prefix` into it."""
-  task = task_factory.get_task(params.task)
-  model = task.build_model()
-  restore_model(model, prefix)
-  return task, model
-
-
-def argument_parser(description: str,
-                    checkpoint_required: bool = True) -> argparse.ArgumentParser:
-  """Flags shared by tools/eval.py and tools/bn_audit.py.
-
-  With `checkpoint_required=False`, --experiment and --checkpoint are optional (the
-  caller checks them, e.g. tools/eval.py takes --model instead).
-  """
-  parser = argparse.ArgumentParser(
-      description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--experiment', required=checkpoint_required,
-                      help='registered experiment name')
-  parser.add_argument('--config_file', action='append', default=[],
-                      help='YAML override (repeatable), applied after params.yaml')
-  parser.add_argument('--params_override', default='', help='k=v,... applied last')
-  parser.add_argument('--checkpoint', required=checkpoint_required,
-                      help='checkpoint prefix, or a model_dir (latest ckpt + params.yaml)')
-  parser.add_argument('--best', action='store_true',
-                      help=f'with a model_dir: use {BEST_CKPT_SUBDIR}/ instead of the latest')
-  return parser
-
-
-def params_and_checkpoint(args):
-  """(params, checkpoint prefix) from parsed argument_parser flags."""
-  prefix, params_file = resolve_checkpoint(args.checkpoint, args.best)
-  params = build_params(args.experiment, params_file, args.config_file,
-                        args.params_override)
-  return params, prefix
-
-
-def run_cli(fn: Callable[[], Any]) -> int:
-  """Runs `fn`; a ValueError becomes one `error: ...` line on stderr, exit code 2."""
-  try:
-    fn()
-  except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return ERROR_EXIT_CODE
-  return 0

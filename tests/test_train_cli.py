@@ -1,7 +1,9 @@
 """In-process checks of the train CLI's guards (the subprocess runs are in
-test_train_tool.py), and the parsing `tools/benchmark.py train_cli` relies on."""
+test_train_tool.py), and the parsing `benchmarks/benchmark.py train_cli` relies on."""
 
 import json
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -11,10 +13,15 @@ import mnv2_det  # pylint: disable=unused-import
 from mnv2_det.data import input_pipeline
 from mnv2_det.data import shapes
 from mnv2_det.data import tfrecord_reader
-from mnv2_det.tools_lib import train_benchmark
 from mnv2_det.tools_lib import train_cli
 from official.core import exp_factory
 from official.core import train_utils
+
+# benchmarks/ is a folder of scripts (not installed): its modules import each other by
+# file name.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                'benchmarks'))
+import train_speed  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _model_dir_with(tmp_path, params):
@@ -63,16 +70,16 @@ def test_progress_line(capsys):
   line = capsys.readouterr().out.strip()
   assert line.startswith('step 50/2600 | loss 1.5000 (cls_loss 1.0000, box_loss 0.5000)')
   assert 'lr 0.01' in line and 'img/s' in line and 'ETA' in line
-  # tools/benchmark.py train_cli reads images/s back from this line.
-  rate = float(train_benchmark.IMAGES_PER_SECOND.findall(line + '\n')[0])
+  # benchmarks/benchmark.py train_cli reads images/s back from this line.
+  rate = float(train_speed.IMAGES_PER_SECOND.findall(line + '\n')[0])
   assert rate > 0 and f'{rate:.1f} img/s' in line
 
 
 def test_benchmark_tfrecord_matches_the_coco_json(tmp_path):
   data = shapes.generate(str(tmp_path / 'shapes'), 5, 0, seed=4)
   records = str(tmp_path / 'train.tfrecord')
-  assert train_benchmark.write_tfrecord(data['train_annotations'], data['train_images'],
-                                        records, max_images=4) == 4
+  assert train_speed.write_tfrecord(data['train_annotations'], data['train_images'],
+                                    records, max_images=4) == 4
   cmap = input_pipeline.load_category_map(data['train_annotations'])
   with open(data['train_annotations'], encoding='utf-8') as f:
     coco = json.load(f)

@@ -1,0 +1,96 @@
+"""Benchmarks that print ratios against peers measured in the same run.
+
+  python benchmarks/benchmark.py backbone   # MobileNetV2 features vs keras.applications, MG
+  python benchmarks/benchmark.py detector   # SSDLite forward / full inference vs MG RetinaNet
+  python benchmarks/benchmark.py train      # training images/s vs MG RetinaNet-MNv2
+  python benchmarks/benchmark.py train_cli  # the same, both through tools/train.py
+  python benchmarks/benchmark.py tflite     # fp32/int8 TFLite detector vs int8 MNv2 backbone,
+                                            # then int8 regular NMS vs the mobile preset
+      [--experiment ssdlite_mnv2_shapes --checkpoint runs/shapes]  # + their val AP
+  python benchmarks/benchmark.py gflops     # CPU matmul GFLOP/s vs our achieved GFLOP/s
+
+Latency is TF-graph (tf.function, no XLA) wall time at batch 1, median of interleaved
+rounds. Run on an otherwise idle machine, from a repository checkout (train_cli runs
+tools/train.py).
+"""
+
+import argparse
+import importlib
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mnv2_det.export import tflite_convert  # pylint: disable=g-import-not-at-top
+
+from detectors import LATENCY_SCORE_THRESHOLD
+
+# subcommand -> (module in this folder, function); imported on use, so that only
+# `tflite` needs the `export` extra (ai-edge-litert).
+COMMANDS = {
+    'backbone': ('latency', 'bench_backbone'),
+    'detector': ('latency', 'bench_detector'),
+    'train': ('train_speed', 'bench_train'),
+    'train_cli': ('train_speed', 'bench_train_cli'),
+    'tflite': ('tflite_latency', 'bench_tflite'),
+    'gflops': ('latency', 'bench_gflops'),
+}
+
+
+def _parser():
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest='command', required=True)
+  b = sub.add_parser('backbone')
+  b.add_argument('--sizes', type=int, nargs='+', default=[224, 320])
+  d = sub.add_parser('detector')
+  d.add_argument('--num_classes', type=int, default=91)
+  d.add_argument('--mg_nms', default='batched', help="Model Garden nms_version")
+  t = sub.add_parser('train')
+  t.add_argument('--batch_size', type=int, default=8)
+  t.add_argument('--steps', type=int, default=10)
+  t.add_argument('--data_dir', default='data/shapes',
+                 help='synthetic set from `python -m mnv2_det.data.shapes DIR`')
+  c = sub.add_parser('train_cli')
+  c.add_argument('--batch_size', type=int, default=8)
+  c.add_argument('--steps', type=int, default=80)
+  c.add_argument('--steps_per_loop', type=int, default=10)
+  c.add_argument('--skip_loops', type=int, default=2,
+                 help='first progress lines dropped (tracing, warm-up)')
+  c.add_argument('--data_dir', default='data/shapes',
+                 help='synthetic set from `python -m mnv2_det.data.shapes DIR`')
+  c.add_argument('--max_images', type=int, default=512,
+                 help='training images written to the shared TFRecord')
+  c.add_argument('--rounds', type=int, default=2)
+  q = sub.add_parser('tflite')
+  g = sub.add_parser('gflops')
+  for p in (q, g):
+    p.add_argument('--size', type=int, default=320)
+    p.add_argument('--num_classes', type=int, default=91)
+  q.add_argument('--threads', type=int, default=2)
+  q.add_argument('--fast_nms', action=argparse.BooleanOptionalAction, default=True,
+                 help='class-agnostic NMS (default); --no-fast_nms: regular NMS with '
+                 f'score threshold {LATENCY_SCORE_THRESHOLD} (1 thread, LiteRT bug)')
+  q.add_argument('--presets', action=argparse.BooleanOptionalAction, default=True,
+                 help='also int8 regular NMS (config) vs --preset mobile')
+  q.add_argument('--experiment', default='ssdlite_mnv2_shapes',
+                 help='with --checkpoint: the presets on a trained model, with val AP')
+  q.add_argument('--checkpoint', help='trained checkpoint (prefix or model_dir)')
+  q.add_argument('--params_override', default='')
+  q.add_argument('--representative_images', type=int,
+                 default=tflite_convert.DEFAULT_REPRESENTATIVE_IMAGES)
+  q.add_argument('--max_images', type=int, help='val images for the AP (None: all)')
+  for p in (b, d, t, q, g):
+    p.add_argument('--rounds', type=int, default=3 if p is t else 5)
+    p.add_argument('--runs', type=int, default=10)
+  return parser
+
+
+def main(argv=None):
+  args = _parser().parse_args(argv)
+  module, function = COMMANDS[args.command]
+  getattr(importlib.import_module(module), function)(args)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,4 +1,4 @@
-"""Tests for mnv2_det.bn_audit and tools/bn_audit.py (BN statistics audit / recalibration)."""
+"""Tests for mnv2_det.analysis.bn_audit and tools/bn_audit.py (BN statistics audit / recalibration)."""
 
 import hashlib
 import json
@@ -13,7 +13,8 @@ import yaml
 from official.core import task_factory
 from official.core import train_utils
 
-from mnv2_det import bn_audit
+from mnv2_det.analysis import bn_audit
+from mnv2_det.cli import bn_audit as bn_audit_cli
 from mnv2_det.data import shapes
 from mnv2_det.core import checkpoints
 from mnv2_det.core import errors
@@ -242,9 +243,9 @@ def test_cli_audit_and_recalibrate(setup, model, tmp_path, capsys):
   out, report_path = str(tmp_path / 'recal'), str(tmp_path / 'bn.json')
   argv = ['--experiment', EXPERIMENT, '--checkpoint', model_dir, '--data', 'train',
           '--num_batches', '1', '--eager', '--report', report_path]
-  assert bn_audit.main(argv + ['--recalibrate']) == errors.ERROR_EXIT_CODE
+  assert bn_audit_cli.main(argv + ['--recalibrate']) == errors.ERROR_EXIT_CODE
   assert capsys.readouterr().err.startswith('error: --recalibrate needs --output_dir')
-  assert bn_audit.main(argv + ['--recalibrate', '--output_dir', out]) == 0
+  assert bn_audit_cli.main(argv + ['--recalibrate', '--output_dir', out]) == 0
   text = capsys.readouterr().out
   assert 'never-updated' in text and 'after recalibration' in text
   with open(report_path, encoding='utf-8') as f:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from mnv2_det.data import shapes
 from mnv2_det.export import calibration
-from mnv2_det.export import cli
+from mnv2_det.cli import export as cli
 from mnv2_det.export import tflite
 from mnv2_det.core import errors
 from detector_weights import spread_detector, tiny_overrides

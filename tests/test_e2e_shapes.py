@@ -21,7 +21,7 @@ from mnv2_det.export import tflite
 from mnv2_det.export import tflite_convert
 from mnv2_det.ops import anchors as anchor_ops
 from mnv2_det.ops import postprocess
-from mnv2_det.tools_lib import evaluate
+from mnv2_det.evaluation import coco
 from official.core import exp_factory
 from official.core import task_factory
 from official.vision.evaluation import coco_evaluator
@@ -73,7 +73,7 @@ def trained(tmp_path_factory):
 def test_train_and_eval_prints_readable_coco_stats(trained):
   stdout = (trained.parent / 'train_stdout.txt').read_text()
   final = stdout[stdout.index('COCO metrics of the final evaluation:'):].splitlines()
-  assert [line.split()[0] for line in final[1:13]] == list(evaluate.STAT_NAMES)
+  assert [line.split()[0] for line in final[1:13]] == list(coco.STAT_NAMES)
   # The eval images (allow_image_summary) are logged by name, not dumped as pixels.
   assert 'eval image(s) with detections drawn' in stdout
   assert 'dtype=uint8' not in stdout and 'dtype=float32)' not in stdout
@@ -141,7 +141,7 @@ def test_int8_tflite_keeps_val_ap_of_fp32(trained, tmp_path):
     path = tflite_convert.export_tflite(
         loaded.params, loaded.model, loaded.category_map, str(tmp_path / f'{quant}.tflite'),
         quant, representative=representative if quant == 'int8' else None)
-    report = evaluate.evaluate_images(tflite.TFLiteDetector(path), val.annotation_file,
+    report = coco.evaluate_images(tflite.TFLiteDetector(path), val.annotation_file,
                                       val.image_dir)
     ap[quant] = report['stats']['AP']
   print(f'val AP: TFLite fp32 {ap["fp32"]:.4f}, int8 {ap["int8"]:.4f}')

@@ -29,7 +29,9 @@ from mnv2_det.export import saved_model
 from mnv2_det.export import tflite_convert
 from mnv2_det.core import errors
 from mnv2_det.core import params as params_lib
-from mnv2_det.tools_lib import evaluate
+from mnv2_det.cli import eval as eval_cli
+from mnv2_det.inference import detector as detector_lib
+from mnv2_det.evaluation import coco
 from detector_weights import spread_weights
 
 EXPERIMENT = 'ssdlite_mnv2_shapes'
@@ -115,7 +117,7 @@ def test_to_coco_results_dataset_ids_and_xywh():
       # contiguous 5 -> dataset id 12; 0 (background) is dropped; 1 -> 1 is padding.
       'detection_classes': np.array([[5, 0, 1]]),
       'num_detections': np.array([2])}
-  results = evaluate.to_coco_results(np.array([42]), detections, category_map)
+  results = coco.to_coco_results(np.array([42]), detections, category_map)
   assert results == [{'image_id': 42, 'category_id': 12, 'bbox': [20.0, 10.0, 60.0, 40.0],
                       'score': 0.9}]
 
@@ -123,11 +125,11 @@ def test_to_coco_results_dataset_ids_and_xywh():
 def test_perfect_detections_give_ap_1(task_and_params):
   task, params = task_and_params
   dataset = _val_dataset(task_and_params)
-  report = evaluate.evaluate(_groundtruth_detect_fn(dataset, task.category_map), dataset,
+  report = coco.evaluate(_groundtruth_detect_fn(dataset, task.category_map), dataset,
                              task.category_map, params.task.validation_data.annotation_file)
   assert report['num_images'] == NUM_VAL
   stats = report['stats']
-  assert list(stats) == list(evaluate.STAT_NAMES)
+  assert list(stats) == list(coco.STAT_NAMES)
   for name in ('AP', 'AP50', 'AP75', 'ARmax100'):
     assert stats[name] == pytest.approx(1.0), name
   # AR@1 keeps one detection per image and class: recall of class k is
@@ -157,42 +159,42 @@ def test_contiguous_ids_instead_of_dataset_ids_lower_ap(task_and_params):
   task, params = task_and_params
   dataset = _val_dataset(task_and_params)
   identity = CategoryMap.from_ids(range(1, len(SHAPES_IDS) + 1))
-  report = evaluate.evaluate(_groundtruth_detect_fn(dataset, task.category_map), dataset,
+  report = coco.evaluate(_groundtruth_detect_fn(dataset, task.category_map), dataset,
                              identity, params.task.validation_data.annotation_file)
   assert report['stats']['AP'] < 0.5  # only id 1 (circle) coincides
 
 
 def test_empty_detections_give_zero_ap(task_and_params):
   task, params = task_and_params
-  report = evaluate.evaluate(_empty_detect_fn, _val_dataset(task_and_params),
+  report = coco.evaluate(_empty_detect_fn, _val_dataset(task_and_params),
                              task.category_map, params.task.validation_data.annotation_file,
                              max_images=6)
   assert report['num_images'] == 6 and report['num_detections'] == 0
   assert report['stats']['AP'] == 0.0
   for name, value in report['stats'].items():
-    expected = (evaluate.NO_GROUNDTRUTH if name in report['stats_without_groundtruth']
+    expected = (coco.NO_GROUNDTRUTH if name in report['stats_without_groundtruth']
                 else 0.0)
     assert value == expected, name
-  assert 'no ground truth' in evaluate.format_report(report) or not report[
+  assert 'no ground truth' in coco.format_report(report) or not report[
       'stats_without_groundtruth']
 
 
 def test_groundtruth_without_area_and_iscrowd(tmp_path):
-  coco = {'images': [{'id': 7, 'file_name': 'a.jpg', 'height': 100, 'width': 100}],
+  data = {'images': [{'id': 7, 'file_name': 'a.jpg', 'height': 100, 'width': 100}],
           'annotations': [{'id': 1, 'image_id': 7, 'category_id': 3,
                            'bbox': [10, 10, 50, 60]}],
           'categories': [{'id': 3, 'name': 'square'}]}
   path = str(tmp_path / 'gt.json')
   with open(path, 'w', encoding='utf-8') as f:
-    json.dump(coco, f)
-  gt = evaluate.load_groundtruth(path)  # pycocotools alone raises KeyError('area')
-  result = evaluate.coco_evaluate(
+    json.dump(data, f)
+  gt = coco.load_groundtruth(path)  # pycocotools alone raises KeyError('area')
+  result = coco.coco_evaluate(
       gt, [{'image_id': 7, 'category_id': 3, 'bbox': [10, 10, 50, 60], 'score': 1.0}], [7])
   # area 3000 is "medium" (32^2..96^2): APs and APl have no ground truth.
   assert result['stats']['AP'] == pytest.approx(1.0)
   assert result['stats_without_groundtruth'] == ['APs', 'APl', 'ARs', 'ARl']
   with pytest.raises(ValueError, match='image ids \\[8\\]'):
-    evaluate.coco_evaluate(gt, [], [7, 8], path)
+    coco.coco_evaluate(gt, [], [7, 8], path)
 
 
 @pytest.fixture(scope='module')
@@ -220,24 +222,24 @@ def model_dir(task_and_params, trained_like, tmp_path_factory):
 def test_cli_end_to_end_on_fresh_checkpoint(model_dir, tmp_path, capsys):
   report_path = str(tmp_path / 'report.json')
   # The model_dir's params.yaml carries the tiny model and the data paths.
-  code = evaluate.main(['--experiment', EXPERIMENT, '--checkpoint', model_dir,
+  code = eval_cli.main(['--experiment', EXPERIMENT, '--checkpoint', model_dir,
                         '--report', report_path])
   out = capsys.readouterr().out
   assert code == 0
-  for name in evaluate.STAT_NAMES:
+  for name in coco.STAT_NAMES:
     assert f'\n{name} ' in out
   with open(report_path, encoding='utf-8') as f:
     report = json.load(f)
   assert report['checkpoint'].endswith('ckpt-0')
   assert report['num_images'] == NUM_VAL
-  assert list(report['stats']) == list(evaluate.STAT_NAMES)
+  assert list(report['stats']) == list(coco.STAT_NAMES)
   assert all(-1.0 <= v <= 1.0 for v in report['stats'].values())
   assert [r['dataset_id'] for r in report['per_class']] == SHAPES_IDS
   assert report['num_detections'] > 0 and report['images_per_second'] > 0
 
 
 def _run_cli_expecting_error(argv, capsys):
-  code = evaluate.main(argv)
+  code = eval_cli.main(argv)
   err = capsys.readouterr().err
   assert code == errors.ERROR_EXIT_CODE
   assert err.startswith('error: ') and 'Traceback' not in err
@@ -282,8 +284,8 @@ def exported(task_and_params, trained_like, tmp_path_factory):
 
 
 def _eval_cli(argv):
-  """evaluate.run on parsed flags: the report, without the exit-code wrapper."""
-  return evaluate.run(evaluate.main_parser().parse_args(argv))
+  """eval_cli.run on parsed flags: the report, without the exit-code wrapper."""
+  return eval_cli.run(eval_cli.main_parser().parse_args(argv))
 
 
 @pytest.fixture(scope='module')
@@ -339,7 +341,7 @@ def test_exported_fp32_model_matches_checkpoint(kind, exported, checkpoint_run, 
   # Same COCO stats on the pseudo ground truth (evaluate_images called directly).
   want_stats = checkpoint_run['report']['stats']
   assert want_stats['AP'] > 0.2  # not a vacuous 0 == 0
-  report = evaluate.evaluate_images(evaluate.exported_image_fn(exported[kind], 1),
+  report = coco.evaluate_images(detector_lib.load_detector(exported[kind], num_threads=1).detect_image,
                                     checkpoint_run['pseudo_file'], data['val_images'])
   for name, value in want_stats.items():
     assert report['stats'][name] == pytest.approx(value, abs=AP_TOLERANCE), name

@@ -20,14 +20,14 @@ from ai_edge_litert.interpreter import Interpreter
 
 from mnv2_det.data import shapes
 from mnv2_det.export import atomic
-from mnv2_det.export import cli
+from mnv2_det.cli import export as cli
 from mnv2_det.export import serving_inputs
 from mnv2_det.export import tflite
 from mnv2_det.export import tflite_convert
 from mnv2_det.export import tflite_postprocess
 from mnv2_det.core import checkpoints
 from mnv2_det.core import errors
-from mnv2_det.tools_lib import evaluate
+from mnv2_det.evaluation import coco
 from detector_weights import spread_detector, tiny_overrides, smooth_image
 
 EXPERIMENT = 'ssdlite_mnv2_shapes'
@@ -61,7 +61,7 @@ def _model_detections(setup, image):
   prepared, info = serving_inputs.prepare_image(tf.constant(image), [INPUT, INPUT],
                                                 'fixed')
   out = setup['model'](prepared[None], image_info=info[None], training=False)
-  out = {k: out[k].numpy() for k in evaluate.DETECTION_KEYS}
+  out = {k: out[k].numpy() for k in coco.DETECTION_KEYS}
   out['detection_classes'] = setup['category_map'].tf_to_dataset(
       out['detection_classes']).numpy()
   return out
@@ -268,8 +268,8 @@ class Block:
     if name.startswith('ai_edge_litert'):
       raise ImportError('no ai_edge_litert here')
 sys.meta_path.insert(0, Block())
-from mnv2_det.tools_lib import evaluate, predict, train_cli
-from mnv2_det.export import cli, tflite
+from mnv2_det.cli import eval, export, predict, train  # pylint: disable=redefined-builtin
+from mnv2_det.export import tflite
 try:
   tflite.litert_interpreter()
 except ValueError as e:

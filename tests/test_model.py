@@ -9,7 +9,7 @@ from mnv2_det.configs import ssdlite as ssdlite_cfg
 from mnv2_det.modeling import factory
 from mnv2_det.modeling.feature_maps import SSDFeatureMaps
 from mnv2_det.modeling.head import SSDLiteHead
-from mnv2_det.tools_lib import model_stats
+from mnv2_det.analysis import model_stats
 
 
 @pytest.fixture(scope='module')

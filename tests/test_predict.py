@@ -24,7 +24,8 @@ from mnv2_det.export import saved_model
 from mnv2_det.export import serving_inputs
 from mnv2_det.export import tflite_convert
 from mnv2_det.core import errors
-from mnv2_det.tools_lib import predict
+from mnv2_det.cli import predict
+from mnv2_det.data import image_files
 from detector_weights import spread_detector, tiny_overrides
 
 EXPERIMENT = 'ssdlite_mnv2_shapes'
@@ -267,7 +268,7 @@ def test_expand_inputs(tmp_path):
   (tmp_path / 'readme.txt').write_text('x')
   (tmp_path / 'sub').mkdir()
   (tmp_path / 'sub' / 'c.jpg').write_bytes(b'x')
-  paths, problems = predict.expand_inputs(
+  paths, problems = image_files.expand_inputs(
       [str(tmp_path), str(tmp_path / 'b.png'), str(tmp_path / '**' / '*.jpg'),
        str(tmp_path / 'readme.txt'), str(tmp_path / '*.gif'), str(tmp_path / 'no.jpg')])
   # Folder: image suffixes only, not recursive; duplicates dropped; an explicit file

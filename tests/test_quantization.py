@@ -18,7 +18,7 @@ import pytest
 from mnv2_det.data import shapes
 from mnv2_det.export import tflite
 from mnv2_det.export import tflite_convert
-from mnv2_det.tools_lib import evaluate
+from mnv2_det.evaluation import coco
 from detector_weights import spread_detector, tiny_overrides
 
 EXPERIMENT = 'ssdlite_mnv2_shapes'
@@ -71,7 +71,7 @@ def models(tmp_path_factory):
   results = {}
   for quant, path in paths.items():
     detections = str(root / f'{quant}.json')
-    evaluate.evaluate_images(tflite.TFLiteDetector(path), data['val_annotations'],
+    coco.evaluate_images(tflite.TFLiteDetector(path), data['val_annotations'],
                              data['val_images'], detections_file=detections)
     with open(detections, encoding='utf-8') as f:
       results[quant] = json.load(f)

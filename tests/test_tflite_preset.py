@@ -9,7 +9,7 @@ from ai_edge_litert.interpreter import Interpreter
 from tensorflow.lite.tools import flatbuffer_utils
 
 from mnv2_det.data import shapes
-from mnv2_det.export import cli
+from mnv2_det.cli import export as cli
 from mnv2_det.export import edgetpu
 from mnv2_det.export import tflite
 from mnv2_det.export import tflite_metadata

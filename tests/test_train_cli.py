@@ -13,7 +13,7 @@ import mnv2_det  # pylint: disable=unused-import
 from mnv2_det.data import input_pipeline
 from mnv2_det.data import shapes
 from mnv2_det.data import tfrecord_reader
-from mnv2_det.tools_lib import train_cli
+from mnv2_det.cli import train as train_cli
 from official.core import exp_factory
 from official.core import train_utils
 

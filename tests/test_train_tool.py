@@ -17,10 +17,10 @@ import tensorflow as tf
 from mnv2_det.data import shapes
 from mnv2_det.core import loading
 from mnv2_det.core import model_dir as model_dir_lib
-from mnv2_det.export import cli as export_cli
-from mnv2_det.tools_lib import evaluate
-from mnv2_det.tools_lib import predict
-from mnv2_det.tools_lib import train_cli
+from mnv2_det.cli import export as export_cli
+from mnv2_det.cli import eval as eval_cli
+from mnv2_det.cli import predict
+from mnv2_det.cli import train as train_cli
 
 pytestmark = pytest.mark.slow  # tools/train.py subprocesses (tests/conftest.py)
 
@@ -358,7 +358,7 @@ def test_copied_model_dir_needs_no_training_data(trained_dir, data_dir, tmp_path
     with open(out / 'pred' / predict.CATEGORIES_FILE, encoding='utf-8') as f:
       assert [c['name'] for c in json.load(f)] == names
     report_file = str(out / 'report.json')
-    assert evaluate.main(['--checkpoint', str(copy), '--report', report_file,
+    assert eval_cli.main(['--checkpoint', str(copy), '--report', report_file,
                           '--params_override',
                           f'task.validation_data.annotation_file={val_json},'
                           f'task.validation_data.image_dir={val_dir}']) == 0

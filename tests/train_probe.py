@@ -22,7 +22,7 @@ from absl import flags
 from official.common import flags as tfm_flags
 from official.core import train_utils
 
-from mnv2_det.tools_lib import train_cli
+from mnv2_det.cli import train as train_cli
 
 flags.DEFINE_string('probe_output', None, 'Prefix the trainer checkpoint is written to.')
 

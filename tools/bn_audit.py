@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mnv2_det import bn_audit  # pylint: disable=g-import-not-at-top
+from mnv2_det.cli import bn_audit  # pylint: disable=g-import-not-at-top
 
 if __name__ == '__main__':
   sys.exit(bn_audit.main(sys.argv[1:]))

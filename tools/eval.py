@@ -11,7 +11,7 @@ exit with code 2. --model takes an exported SavedModel folder or .tflite file in
   python tools/eval.py --model out/model.tflite \
       [--experiment E | --annotation_file val.json --image_dir val/] [--num_threads 2]
 
-See mnv2_det/tools_lib/evaluate.py.
+See mnv2_det/cli/eval.py.
 """
 
 import os
@@ -19,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mnv2_det.tools_lib import evaluate  # pylint: disable=g-import-not-at-top
+from mnv2_det.cli import eval as eval_cli  # pylint: disable=g-import-not-at-top
 
 if __name__ == '__main__':
-  sys.exit(evaluate.main(sys.argv[1:]))
+  sys.exit(eval_cli.main(sys.argv[1:]))

@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mnv2_det.export import cli  # pylint: disable=g-import-not-at-top
+from mnv2_det.cli import export as cli  # pylint: disable=g-import-not-at-top
 
 if __name__ == '__main__':
   sys.exit(cli.main(sys.argv[1:]))

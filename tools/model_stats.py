@@ -16,7 +16,7 @@ from official.core import train_utils
 
 import mnv2_det  # pylint: disable=unused-import
 from mnv2_det.modeling import factory
-from mnv2_det.tools_lib import model_stats
+from mnv2_det.analysis import model_stats
 
 
 def main(_):

@@ -10,7 +10,7 @@ used), a SavedModel folder or a .tflite file, recognized from its contents. Writ
 OUT/detections.json (COCO results, dataset category ids), OUT/images.json (image_id ->
 file, size), OUT/categories.json and OUT/<stem>.png per image. Unreadable images are
 reported on stderr and skipped. Errors print one `error: ...` line and exit with
-code 2. See mnv2_det/tools_lib/predict.py.
+code 2. See mnv2_det/cli/predict.py.
 """
 
 import os
@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mnv2_det.tools_lib import predict  # pylint: disable=g-import-not-at-top
+from mnv2_det.cli import predict  # pylint: disable=g-import-not-at-top
 
 if __name__ == '__main__':
   sys.exit(predict.main(sys.argv[1:]))

@@ -16,7 +16,7 @@ from absl import flags
 
 from official.common import flags as tfm_flags
 
-from mnv2_det.tools_lib import train_cli
+from mnv2_det.cli import train as train_cli
 
 
 def main(_):

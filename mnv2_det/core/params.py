@@ -20,6 +20,8 @@ import mnv2_det  # pylint: disable=unused-import  # registers backbone, task, ex
 PARAMS_FILE = 'params.yaml'
 # The config classes a params.yaml is read into when no experiment is named.
 BASE_EXPERIMENT = 'ssdlite_mnv2_coco'
+# Shuffle seed of `unaugmented_train_data` when train_data.seed is unset.
+UNAUGMENTED_SEED = 0
 
 
 def build_params(experiment: Optional[str], params_file: Optional[str] = None,
@@ -55,6 +57,17 @@ def _override(params, source, what):
   except (KeyError, ValueError, TypeError, AttributeError, yaml.YAMLError) as e:
     message = e.args[0] if isinstance(e, KeyError) and e.args else e
     raise ValueError(f'{what}: {message}') from e
+
+
+def unaugmented_train_data(params, global_batch_size: Optional[int] = None):
+  """task.train_data with augmentation off (no flip, no SSD crop) and a fixed shuffle
+  seed (train_data.seed, else UNAUGMENTED_SEED): the training images as the model
+  sees them at inference, for BN audits / recalibration and int8 calibration."""
+  train = params.task.train_data
+  return train.replace(
+      parser=train.parser.replace(aug_random_flip=False, aug_ssd_random_crop=False),
+      seed=UNAUGMENTED_SEED if train.seed is None else train.seed,
+      global_batch_size=global_batch_size or train.global_batch_size)
 
 
 def optional_int(value: Optional[int], name: str, minimum: int = 1) -> Optional[int]:

@@ -9,5 +9,5 @@
   * `tflite.TFLiteDetector`: runs such a .tflite with ai-edge-litert and returns the
     SavedModel's output format.
 
-`tools/export.py` is the command line (`mnv2_det.export.cli`).
+`tools/export.py` is the command line (`mnv2_det.cli.export`).
 """

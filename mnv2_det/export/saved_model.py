@@ -35,6 +35,7 @@ from official.core import export_base as core_export_base
 from official.core import train_utils
 from official.vision.serving import export_base
 
+from mnv2_det.data import preprocess
 from mnv2_det.data.category_map import UNKNOWN, CategoryMap
 from mnv2_det.export import atomic
 from mnv2_det.core import loading
@@ -50,7 +51,6 @@ FIXED_BATCH_KEY = 'image_tensor_fixed_batch'
 SERVING_BATCH_SIZE = 1
 INPUT_NAME = 'images'
 DETECTOR_INFO_FILE = 'detector.json'
-RGB_CHANNELS = 3
 
 
 class _InferenceModel(tf.Module):
@@ -94,7 +94,7 @@ class SSDLiteServingModule(export_base.ExportModule):
     h, w = self._output_size
     prepared, image_info = tf.map_fn(
         self._prepare, images,
-        fn_output_signature=(tf.TensorSpec([h, w, RGB_CHANNELS], tf.float32),
+        fn_output_signature=(tf.TensorSpec([h, w, preprocess.RGB_CHANNELS], tf.float32),
                              tf.TensorSpec(serving_inputs.IMAGE_INFO_SHAPE, tf.float32)))
     outputs = self.inference_step(prepared, image_info=image_info)
     num = tf.cast(outputs['num_detections'], tf.int32)
@@ -115,7 +115,7 @@ class SSDLiteServingModule(export_base.ExportModule):
         if not self._fixed_batch_size:
           raise ValueError(f'{FIXED_BATCH_KEY} needs fixed_batch_size')
         spec = tf.TensorSpec([self._fixed_batch_size] + list(self._output_size) +
-                             [RGB_CHANNELS], tf.uint8, name=INPUT_NAME)
+                             [preprocess.RGB_CHANNELS], tf.uint8, name=INPUT_NAME)
         signatures[name] = self.inference_from_image_tensors.get_concrete_function(spec)
       else:
         signatures.update(super().get_inference_signatures({key: name}))

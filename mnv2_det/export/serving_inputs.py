@@ -11,7 +11,6 @@ import tensorflow as tf
 
 from mnv2_det.data import preprocess
 
-RGB_CHANNELS = preprocess.RGB_CHANNELS
 # image_info rows (Model Garden convention): original size, scaled size, scale, offset.
 IMAGE_INFO_SHAPE = (4, 2)
 

@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.lite.python import schema_py_generated as schema_fb
 
+from mnv2_det.data import preprocess
 from mnv2_det.data.category_map import UNKNOWN
 from mnv2_det.export import serving_inputs
 from mnv2_det.export import tflite_convert
@@ -143,12 +144,12 @@ class TFLiteDetector:
     inputs = self._runner.get_input_details()
     outputs = self._runner.get_output_details()
     if (list(inputs) != [tflite_convert.INPUT_NAME] or
-        set(outputs) != set(tflite_convert.OUTPUT_KEYS)):
+        set(outputs) != set(tflite_convert.OP_OUTPUT_ORDER)):
       raise ValueError(f'{path}: signature {sorted(inputs)} -> {sorted(outputs)} is not '
                        f'the detector signature {tflite_convert.INPUT_NAME!r} -> '
-                       f'{sorted(tflite_convert.OUTPUT_KEYS)}')
+                       f'{sorted(tflite_convert.OP_OUTPUT_ORDER)}')
     self._input = inputs[tflite_convert.INPUT_NAME]
-    expected = [1] + list(self.input_size) + [serving_inputs.RGB_CHANNELS]
+    expected = [1] + list(self.input_size) + [preprocess.RGB_CHANNELS]
     if list(self._input['shape']) != expected:
       raise ValueError(f'{path}: input shape {list(self._input["shape"])} does not match '
                        f'the metadata input size {expected}')
@@ -235,7 +236,7 @@ class TFLiteDetector:
     image = np.asarray(image)
     if image.ndim == 4 and image.shape[0] == 1:
       image = image[0]
-    if image.ndim != 3 or image.shape[-1] != serving_inputs.RGB_CHANNELS or min(
+    if image.ndim != 3 or image.shape[-1] != preprocess.RGB_CHANNELS or min(
         image.shape[:2]) < 1:
       raise ValueError(f'expected one RGB image [h, w, 3], got shape {image.shape}')
     prepared, image_info = serving_inputs.prepare_image(

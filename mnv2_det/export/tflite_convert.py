@@ -35,7 +35,6 @@ Classes: only the category table's K classes are exported (score columns 0..K, o
 (e.g. 91 outputs for COCO's 80 categories) have no dataset id and are cut.
 """
 
-import copy
 import json
 import os
 from typing import Callable, Dict, List, Optional, Sequence
@@ -61,17 +60,16 @@ from mnv2_det.ops import box_coder
 
 QUANT_TYPES = ('fp32', 'fp16', 'int8')
 DEFAULT_REPRESENTATIVE_IMAGES = 100
-# Seed of the representative-data shuffle when train_data.seed is unset.
-DEFAULT_REPRESENTATIVE_SEED = 0
 METADATA_NAME = 'mnv2_det_detector'
 METADATA_FORMAT = 'mnv2_det.tflite_detector'
 # 2: boxes normalized to the input frame (`box_frame`); 1 had them in the padded frame.
 METADATA_VERSION = 2
 BOX_FRAME = 'input'
 INPUT_NAME = 'images'
-OUTPUT_KEYS = ('detection_boxes', 'detection_classes', 'detection_scores',
-               'num_detections')
-RGB_CHANNELS = 3
+# The TFLite_Detection_PostProcess op's outputs, in ITS order (classes before scores;
+# postprocess.DETECTION_KEYS is the dict order everywhere else).
+OP_OUTPUT_ORDER = ('detection_boxes', 'detection_classes', 'detection_scores',
+                   'num_detections')
 # int8 only. An int8 CONCATENATION gives all its inputs ONE scale, so the six levels'
 # class logits share the range of the most extreme one: on the trained shapes model
 # (runs/shapes, ckpt-2400) calibration saw logits over a range of 268, i.e. a step of
@@ -152,10 +150,10 @@ class TFLiteGraph(tf.Module):
   def detect(self, images):
     box_codes, scores = self.raw_outputs(images)
     outputs = self._postprocess(box_codes, scores, tf.constant(self._anchors))
-    return dict(zip(OUTPUT_KEYS, outputs))
+    return dict(zip(OP_OUTPUT_ORDER, outputs))
 
   def concrete_function(self):
-    spec = tf.TensorSpec([TFLITE_BATCH_SIZE] + self._input_size + [RGB_CHANNELS],
+    spec = tf.TensorSpec([TFLITE_BATCH_SIZE] + self._input_size + [preprocess.RGB_CHANNELS],
                          tf.float32, name=INPUT_NAME)
     return self.detect.get_concrete_function(spec)
 
@@ -187,18 +185,13 @@ def representative_images(task, params, num_images: int = DEFAULT_REPRESENTATIVE
                           ) -> List[np.ndarray]:
   """Calibration inputs: `num_images` `[1, H, W, 3]` float32 pixel arrays in [0, 255]
   from the task's TRAINING pipeline with augmentation off (flip and crop disabled),
-  shuffled with train_data.seed (or DEFAULT_REPRESENTATIVE_SEED).
+  shuffled with a fixed seed (`params.unaugmented_train_data`).
 
   Raises:
     ValueError: num_images < 1, or the training data cannot be read.
   """
   params_lib.optional_int(num_images, 'representative image count')
-  data = copy.deepcopy(params.task.train_data)
-  data.global_batch_size = TFLITE_BATCH_SIZE
-  data.parser.aug_random_flip = False
-  data.parser.aug_ssd_random_crop = False
-  if data.seed is None:
-    data.seed = DEFAULT_REPRESENTATIVE_SEED
+  data = params_lib.unaugmented_train_data(params, TFLITE_BATCH_SIZE)
   source = data.annotation_file or data.input_path
   try:
     dataset = task.build_inputs(data)

@@ -22,8 +22,8 @@ import tensorflow as tf
 import tf_keras
 
 from mnv2_det.modeling import layers as layer_lib
+from mnv2_det.ops import box_coder
 
-BOX_CODE_SIZE = 4
 
 
 @tf_keras.utils.register_keras_serializable(package='mnv2_det')
@@ -69,7 +69,7 @@ class SSDLiteHead(tf_keras.layers.Layer):
       self._branches[level] = (
           self._branch(f'class_{level}', anchors * num_classes,
                        tf_keras.initializers.Constant(bias)),
-          self._branch(f'box_{level}', anchors * BOX_CODE_SIZE, 'zeros'))
+          self._branch(f'box_{level}', anchors * box_coder.CODE_SIZE, 'zeros'))
 
   def _branch(self, name, filters, bias_initializer):
     cfg = self._config_dict

@@ -36,6 +36,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from mnv2_det.ops import box_coder
+
 # Defaults of the OD API ssd_anchor_generator (docs/reference.md, "SSD anchors").
 DEFAULT_NUM_LAYERS = 6
 DEFAULT_MIN_SCALE = 0.2
@@ -51,7 +53,6 @@ LOWEST_LAYER_BOX_SPECS = ((0.1, 1.0), (None, 2.0), (None, 0.5))
 # Anchor centres sit at (index + 0.5) * stride on each axis.
 ANCHOR_OFFSET_IN_STRIDES = 0.5
 # Coordinates per box.
-BOX_SIZE = 4
 # Level of the finest SSD feature map (stride 16), see the project conventions.
 DEFAULT_MIN_LEVEL = 4
 
@@ -153,7 +154,7 @@ def _tile_layer(grid_shape: Tuple[int, int], layer_specs: List[BoxSpec],
   half_h = np.broadcast_to(heights / 2.0, yc.shape)
   half_w = np.broadcast_to(widths / 2.0, xc.shape)
   boxes = np.stack([yc - half_h, xc - half_w, yc + half_h, xc + half_w], axis=-1)
-  return boxes.reshape(-1, BOX_SIZE)
+  return boxes.reshape(-1, box_coder.CODE_SIZE)
 
 
 def generate_ssd_anchors(
@@ -255,14 +256,14 @@ def split_anchors_by_level(
   for index, ((h, w), a, count) in enumerate(
       zip(feature_map_shapes, anchors_per_loc, counts)):
     chunk = anchors[start:start + count]
-    shape = [int(h), int(w), int(a) * BOX_SIZE]
+    shape = [int(h), int(w), int(a) * box_coder.CODE_SIZE]
     result[str(min_level + index)] = (
         chunk.reshape(shape) if is_numpy else tf.reshape(chunk, shape))
     start += count
   return result
 
 
-def flatten_levels(multilevel: Dict[str, object], last_dim: int = BOX_SIZE):
+def flatten_levels(multilevel: Dict[str, object], last_dim: int = box_coder.CODE_SIZE):
   """Inverse of `split_anchors_by_level`, also for batched per-level outputs.
 
   Args:

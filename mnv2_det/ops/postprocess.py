@@ -35,6 +35,9 @@ import tensorflow as tf
 
 from mnv2_det.ops import box_coder
 
+# The detection dict of the model, the SavedModel and every Detector, in this order.
+DETECTION_KEYS = ('detection_boxes', 'detection_scores', 'detection_classes',
+                  'num_detections')
 SCORE_THRESHOLD = 1e-8
 IOU_THRESHOLD = 0.6
 MAX_PER_CLASS = 100

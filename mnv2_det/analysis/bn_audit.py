@@ -1,8 +1,5 @@
-"""Audit BatchNormalization moving statistics against data; re-estimate them.
-
-    python tools/bn_audit.py --experiment ssdlite_mnv2_shapes --checkpoint runs/shapes \
-        [--data train|validation] [--num_batches 20] [--report bn.json] \
-        [--recalibrate --output_dir runs/shapes_recal]
+"""Audit BatchNormalization moving statistics against data; re-estimate them (the
+library behind tools/bn_audit.py, cli/bn_audit.py, and export's --recalibrate_bn).
 
 Capture. Every `tf_keras.layers.BatchNormalization` reachable from the model (backbone,
 SSDFeatureMaps, SSDLiteHead, however nested) gets its `call` temporarily replaced on
@@ -41,19 +38,16 @@ with the model's values substituted, into a NEW folder.
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import shutil
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 import tf_keras
 
 from mnv2_det.core import checkpoints
-from mnv2_det.cli import flags
-from mnv2_det.core import loading
 from mnv2_det.core import params as params_lib
 
 # A layer is 'stale' above either threshold: a mean off by half a data standard
@@ -63,7 +57,6 @@ STALE_ABS_LOG_VAR_RATIO = math.log(2.0)
 INITIAL_MOVING_MEAN = 0.0
 INITIAL_MOVING_VARIANCE = 1.0
 DEFAULT_NUM_BATCHES = 20
-DEFAULT_DATA_SEED = 0
 CHECKPOINT_INDEX_FILE = 'checkpoint'
 STATUS_OK, STATUS_STALE, STATUS_NEVER_UPDATED, STATUS_UNUSED = (
     'ok', 'stale', 'never-updated', 'unused')
@@ -334,58 +327,4 @@ def audit_dataset(task, params, data: str):
     return task.build_inputs(params.task.validation_data)
   if data != 'train':
     raise ValueError(f'--data must be train or validation, got {data!r}')
-  train = params.task.train_data
-  config = train.replace(
-      parser=train.parser.replace(aug_random_flip=False, aug_ssd_random_crop=False),
-      seed=DEFAULT_DATA_SEED if train.seed is None else train.seed)
-  return task.build_inputs(config)
-
-
-def run(args) -> Dict[str, Any]:
-  """The CLI: audit, optionally recalibrate + audit again + write; returns the report."""
-  if args.num_batches < 1:
-    raise ValueError(f'--num_batches must be >= 1, got {args.num_batches}')
-  if args.recalibrate and not args.output_dir:
-    raise ValueError('--recalibrate needs --output_dir (the input is never overwritten)')
-  prefix, params_file = checkpoints.resolve_checkpoint(args.checkpoint, args.best)
-  if args.recalibrate:
-    check_output_dir(args.output_dir, prefix)  # before the slow part
-  params = params_lib.build_params(args.experiment, params_file, args.config_file,
-                                 args.params_override)
-  task, model = loading.load_task_and_model(params, prefix)
-  dataset = audit_dataset(task, params, args.data)
-  rows = audit(model, dataset, args.num_batches, eager=args.eager)
-  print(format_table(rows))
-  report = {'checkpoint': prefix, 'data': args.data, 'num_batches': args.num_batches,
-            'thresholds': {'mean_shift': STALE_MEAN_SHIFT,
-                           'abs_log_var_ratio': STALE_ABS_LOG_VAR_RATIO},
-            'layers': [dataclasses.asdict(r) for r in rows],
-            'num_flagged': len(flagged(rows))}
-  if args.recalibrate:
-    recalibrate(model, dataset, args.num_batches, eager=args.eager)
-    after = audit(model, dataset, args.num_batches, eager=args.eager)
-    report['recalibrated_checkpoint'] = write_checkpoint(model, prefix, args.output_dir,
-                                                         params_file)
-    report['after_recalibration'] = [dataclasses.asdict(r) for r in after]
-    report['num_flagged_after'] = len(flagged(after))
-    print('\nafter recalibration:\n' + format_table(after))
-    print(f'wrote {report["recalibrated_checkpoint"]}')
-  if args.report:
-    with open(args.report, 'w', encoding='utf-8') as f:
-      json.dump(report, f, indent=2)
-  return report
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = flags.argument_parser(__doc__)
-  parser.add_argument('--data', default='train', choices=('train', 'validation'),
-                      help='train: training pipeline without augmentation')
-  parser.add_argument('--num_batches', type=int, default=DEFAULT_NUM_BATCHES)
-  parser.add_argument('--report', help='write the JSON report here')
-  parser.add_argument('--recalibrate', action='store_true',
-                      help='re-estimate moving statistics and write a new checkpoint')
-  parser.add_argument('--output_dir', help='folder for the recalibrated checkpoint')
-  parser.add_argument('--eager', action='store_true',
-                      help='run eagerly instead of tracing (faster for 1-3 batches)')
-  args = parser.parse_args(argv)
-  return flags.run_cli(lambda: run(args))
+  return task.build_inputs(params_lib.unaugmented_train_data(params))

@@ -1,23 +1,18 @@
-"""COCO box evaluation of any detector callable with pycocotools, and tools/eval.py.
-
-    python tools/eval.py --experiment ssdlite_mnv2_shapes --checkpoint runs/shapes \
-        [--best] [--config_file x.yaml] [--params_override k=v,...] \
-        [--report report.json] [--detections results.json] [--max_images N]
-    python tools/eval.py --model exported/saved_model_dir_or_model.tflite \
-        [--experiment E | --annotation_file val.json --image_dir val/] [--num_threads 2]
+"""COCO box evaluation of any detector with pycocotools: the library behind tools/eval.py
+and the evaluation benchmarks.
 
 Two ways in, one pycocotools path out:
   * `evaluate(detect_fn, dataset, category_map, annotation_file)` takes any
     `detect_fn(images, image_info) -> dict` over the eval pipeline's batches (already
-    resized, normalized images) with CONTIGUOUS classes: the in-process Keras model.
+    resized, normalized images) with CONTIGUOUS classes: an in-process Keras model
+    (`model_detect_fn`).
   * `evaluate_images(detect_image_fn, annotation_file, image_dir)` feeds each ORIGINAL
     image of the annotation file (uint8 `[h, w, 3]`, decoded as the pipeline decodes)
-    to `detect_image_fn`, which returns DATASET ids: exported models, which resize
-    themselves (SavedModel in its graph, `TFLiteDetector` on the host) with the same
-    `serving_inputs.prepare_image` as the pipeline, so fp32 results equal the
-    checkpoint's. Feeding them the pipeline's normalized images instead would skip
-    exactly the step that has to be checked.
-pycocotools' traps are handled (REFERENCE.md, "pycocotools COCOeval facts"):
+    to `detect_image_fn`, which returns DATASET ids: any
+    `inference.detector.Detector` (checkpoint, SavedModel, .tflite), which resizes
+    with the same `serving_inputs.prepare_image` as the pipeline, so a checkpoint and
+    its fp32 exports score the same.
+pycocotools' traps are handled (docs/reference.md, "pycocotools COCOeval facts"):
   * an empty result list makes `COCO.loadRes` raise IndexError: we build an empty
     result set instead, so every stat is 0 (or -1 where there is no ground truth);
   * results carry the DATASET category ids (category_map) and absolute [x, y, w, h];
@@ -41,16 +36,12 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 import tensorflow as tf
 
-import mnv2_det  # pylint: disable=unused-import  # registers backbone, task, experiments
 from mnv2_det.data import image_check
 from mnv2_det.data import preprocess
 from mnv2_det.data.category_map import UNKNOWN, CategoryMap
-from mnv2_det.export import tflite
-from mnv2_det.cli import flags
-from mnv2_det.core import loading
-from mnv2_det.core import params as params_lib
+from mnv2_det.ops import postprocess
 
-# COCOeval.stats order (REFERENCE.md).
+# COCOeval.stats order (docs/reference.md, "COCOeval stats order").
 STAT_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl',
               'ARmax1', 'ARmax10', 'ARmax100', 'ARs', 'ARm', 'ARl')
 # pycocotools' value for "no ground truth in this range / class".
@@ -62,8 +53,7 @@ _AREA_ALL = 0
 _MAX_DETS_LAST = -1
 _IOU_50 = 0
 _MIN_SECONDS = 1e-9  # guards images/s against a zero timer reading
-DETECTION_KEYS = ('detection_boxes', 'detection_scores', 'detection_classes',
-                  'num_detections')
+DETECTION_KEYS = postprocess.DETECTION_KEYS
 
 # detect_fn(images [B, H, W, 3] float32, image_info [B, 4, 2] float32) -> dict with
 # DETECTION_KEYS: boxes [B, K, 4] ORIGINAL-image pixels [ymin, xmin, ymax, xmax],
@@ -74,10 +64,6 @@ DetectFn = Callable[[Any, Any], Mapping[str, Any]]
 # classes [1, K] DATASET category ids (-1 = padding / no id), num_detections [1]. The
 # `serving_default` contract of exported models (export/saved_model.py, tflite.py).
 ImageDetectFn = Callable[[np.ndarray], Mapping[str, Any]]
-FORMAT_SAVED_MODEL = 'saved_model'
-FORMAT_TFLITE = 'tflite'
-SAVED_MODEL_PROTO = 'saved_model.pb'
-TFLITE_SUFFIX = '.tflite'
 
 
 def model_detect_fn(model, input_size: Sequence[int]) -> DetectFn:
@@ -353,118 +339,3 @@ def format_report(report: Mapping[str, Any]) -> str:
   if report['stats_without_groundtruth']:
     lines.append(f'note: {NO_GROUNDTRUTH_NOTE}')
   return '\n'.join(lines)
-
-
-# ----------------------------------------------------------------- exported models
-def exported_format(path: str) -> str:
-  """FORMAT_SAVED_MODEL or FORMAT_TFLITE of `path`; ValueError naming it otherwise."""
-  if os.path.isdir(path):
-    if os.path.isfile(os.path.join(path, SAVED_MODEL_PROTO)):
-      return FORMAT_SAVED_MODEL
-    raise ValueError(f'--model {path} is a folder without {SAVED_MODEL_PROTO} (not a '
-                     'SavedModel; evaluate checkpoints with --checkpoint)')
-  if not os.path.isfile(path):
-    raise ValueError(f'--model {path} does not exist')
-  if path.endswith(TFLITE_SUFFIX):
-    return FORMAT_TFLITE
-  raise ValueError(f'--model {path}: expected a SavedModel folder or a {TFLITE_SUFFIX} '
-                   'file')
-
-
-def saved_model_image_fn(path: str) -> ImageDetectFn:
-  """`serving_default` of an exported SavedModel (uint8 `[1, None, None, 3]`)."""
-  signature = tf.saved_model.load(path).signatures[
-      tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY]
-
-  def detect(image):
-    return signature(images=tf.constant(image[np.newaxis], tf.uint8))
-  return detect
-
-
-def tflite_image_fn(path: str, num_threads: int) -> ImageDetectFn:
-  """An exported .tflite via `TFLiteDetector` (host-side resize, dataset ids)."""
-  return tflite.TFLiteDetector(path, num_threads=num_threads)
-
-
-def exported_image_fn(path: str, num_threads: int) -> ImageDetectFn:
-  """ImageDetectFn of a SavedModel folder or .tflite file (`exported_format`)."""
-  if exported_format(path) == FORMAT_SAVED_MODEL:
-    return saved_model_image_fn(path)
-  return tflite_image_fn(path, num_threads)
-
-
-def _validation_files(args) -> Tuple[str, str]:
-  """(annotation file, image dir) for --model: flags first, else the experiment's."""
-  annotation_file, image_dir = args.annotation_file, args.image_dir
-  if not (annotation_file and image_dir):
-    params_file = os.path.join(args.model, params_lib.PARAMS_FILE)
-    params_file = params_file if os.path.isfile(params_file) else None
-    if not (args.experiment or params_file):
-      raise ValueError(f'--model {args.model}: give --annotation_file and --image_dir, '
-                       'or --experiment (+ overrides) naming the validation data')
-    params = params_lib.build_params(args.experiment, params_file, args.config_file,
-                                     args.params_override)
-    data = params.task.validation_data
-    annotation_file = annotation_file or params.task.annotation_file or data.annotation_file
-    image_dir = image_dir or data.image_dir
-  if not os.path.isdir(image_dir or ''):
-    raise ValueError(f'image dir {image_dir!r} does not exist (--image_dir or '
-                     'task.validation_data.image_dir)')
-  return annotation_file, image_dir
-
-
-# ----------------------------------------------------------------- CLI
-def _evaluate_checkpoint(args) -> Dict[str, Any]:
-  params, checkpoint = flags.params_and_checkpoint(args)
-  task, model = loading.load_task_and_model(params, checkpoint)
-  data = params.task.validation_data
-  annotation_file = params.task.annotation_file or data.annotation_file
-  if not annotation_file:
-    raise ValueError('task.validation_data.annotation_file (or task.annotation_file) '
-                     'must name the COCO JSON to evaluate against')
-  dataset = task.build_inputs(data)
-  detect = model_detect_fn(model, params.task.model.input_size)
-  report = evaluate(detect, dataset, task.category_map, annotation_file,
-                    max_images=args.max_images, detections_file=args.detections)
-  return {'checkpoint': checkpoint, 'experiment': args.experiment, **report}
-
-
-def _evaluate_exported(args) -> Dict[str, Any]:
-  model_format = exported_format(args.model)
-  annotation_file, image_dir = _validation_files(args)
-  detect = exported_image_fn(args.model, args.num_threads)
-  report = evaluate_images(detect, annotation_file, image_dir,
-                           max_images=args.max_images, detections_file=args.detections)
-  return {'model': args.model, 'format': model_format, **report}
-
-
-def run(args) -> Dict[str, Any]:
-  """Evaluates --checkpoint or --model (module docstring); prints, returns the report."""
-  if bool(args.checkpoint) == bool(args.model):
-    raise ValueError('give exactly one of --checkpoint and --model')
-  report = _evaluate_checkpoint(args) if args.checkpoint else _evaluate_exported(args)
-  print(format_report(report))
-  if args.report:
-    with open(args.report, 'w', encoding='utf-8') as f:
-      json.dump(report, f, indent=2)
-  return report
-
-
-def main_parser():
-  """The tools/eval.py flags."""
-  parser = flags.argument_parser(__doc__, checkpoint_required=False)
-  parser.add_argument('--model', help='exported SavedModel folder or .tflite file')
-  parser.add_argument('--annotation_file', help='with --model: COCO JSON to evaluate on')
-  parser.add_argument('--image_dir', help='with --model: folder of its images')
-  parser.add_argument('--num_threads', type=int, default=tflite.DEFAULT_NUM_THREADS,
-                      help='TFLite interpreter threads (lowered for the LiteRT '
-                      'regular-NMS bug, see export/tflite.py)')
-  parser.add_argument('--report', help='write the JSON report here')
-  parser.add_argument('--detections', help='write the COCO results JSON here')
-  parser.add_argument('--max_images', type=int, help='evaluate the first N images')
-  return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  args = main_parser().parse_args(argv)
-  return flags.run_cli(lambda: run(args))

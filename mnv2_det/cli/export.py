@@ -41,7 +41,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from mnv2_det import bn_audit
+from mnv2_det.analysis import bn_audit
 from mnv2_det.export import atomic
 from mnv2_det.export import calibration
 from mnv2_det.cli import flags
@@ -59,16 +59,10 @@ SMOKE_TEST_PIXEL = 128
 
 def _common_flags() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(add_help=False)
-  parser.add_argument('--experiment', help='registered experiment name (optional when the '
-                      'model dir has a params.yaml)')
+  flags.add_config_flags(parser)
   parser.add_argument('--checkpoint', required=True,
                       help='checkpoint prefix, or a model_dir (latest ckpt + params.yaml)')
   parser.add_argument('--output', required=True, help='output folder / .tflite file')
-  parser.add_argument('--config_file', action='append', default=[],
-                      help='YAML override (repeatable), applied after params.yaml')
-  parser.add_argument('--params_override', default='', help='k=v,... applied last')
-  parser.add_argument('--best', action='store_true',
-                      help='with a model_dir: use best_ckpt/ instead of the latest')
   parser.add_argument('--overwrite', action='store_true', help='replace --output')
   parser.add_argument('--recalibrate_bn', type=int, metavar='N',
                       help='re-estimate BN moving statistics from N training batches first')

@@ -34,7 +34,7 @@ import mnv2_det  # pylint: disable=unused-import  # registers backbone, task, ex
 from mnv2_det.core import errors
 from mnv2_det.core import model_dir as model_dir_lib
 from mnv2_det.core import params as params_lib
-from mnv2_det.tools_lib import evaluate
+from mnv2_det.evaluation import coco
 
 # Model fields that may change between runs in one model_dir: they alter neither the
 # variables nor their meaning (post-processing thresholds, initialization source, BN
@@ -246,8 +246,8 @@ def run(flag_values) -> int:
   if logs:
     logging.info('Final eval logs: %s', logs)
     # The 12 pycocotools stats, in COCOeval order, as tools/eval.py prints them.
-    stats = {name: logs[name] for name in evaluate.STAT_NAMES if name in logs}
+    stats = {name: logs[name] for name in coco.STAT_NAMES if name in logs}
     if stats:
       print('\n'.join(['COCO metrics of the final evaluation:'] +
-                      evaluate.format_stats(stats)), flush=True)
+                      coco.format_stats(stats)), flush=True)
   return 0

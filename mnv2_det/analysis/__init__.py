@@ -1,0 +1,1 @@
+"""Analysis libraries: BatchNorm audits and recalibration, model statistics, drawing."""

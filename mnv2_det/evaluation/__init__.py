@@ -1,0 +1,1 @@
+"""COCO evaluation (pycocotools), separate from its command line (cli/eval.py)."""

@@ -1,0 +1,1 @@
+"""Running trained detectors, whatever their format: `detector.load_detector`."""

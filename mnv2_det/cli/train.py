@@ -201,10 +201,12 @@ def run_experiment(params, model_dir: str, mode: str):
         params, task, train='train' in mode, evaluate='eval' in mode,
         checkpoint_exporter=train_utils.maybe_create_best_ckpt_exporter(params, model_dir))
   train_actions = []
-  if 'train' in mode:
-    # The model dir carries its category table (core/model_dir.py).
+  if 'train' in mode and getattr(type(task), 'category_map', None) is not None:
+    # The model dir carries its category table (core/model_dir.py); Model Garden's own
+    # tasks (the RetinaNet peer of the benchmarks) have none.
     model_dir_lib.write_categories(os.path.join(model_dir, model_dir_lib.CATEGORIES_FILE),
                                    model_dir_lib.categories_of(task.category_map))
+  if 'train' in mode:
     # These run before Model Garden's own recovery action, so a NaN stops here with
     # the steps named.
     train_actions = [DivergenceGuard(trainer, params.trainer.steps_per_loop, model_dir,

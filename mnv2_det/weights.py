@@ -22,7 +22,6 @@ vectors `[C]`. Loading is atomic: every variable is found and shape-checked firs
 are assigned, so a failed load leaves the model unchanged.
 """
 
-import collections
 import os
 import re
 from typing import Callable, Dict, List, Optional, Tuple
@@ -33,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from tensorflow.core.protobuf import trackable_object_graph_pb2
+from mnv2_det.modeling import object_graph
 
 FORMAT_KERAS_H5 = 'keras_h5'
 FORMAT_TF1_SLIM = 'tf1_slim'
@@ -42,8 +41,7 @@ FORMAT_TF2 = 'tf2_checkpoint'
 HDF5_SIGNATURE = b'\x89HDF\r\n\x1a\n'
 CHECKPOINT_INDEX_SUFFIX = '.index'
 _CHECKPOINT_DATA_RE = re.compile(r'\.data-\d+-of-\d+$')
-OBJECT_GRAPH_KEY = '_CHECKPOINTABLE_OBJECT_GRAPH'
-VARIABLE_VALUE_ATTR = 'VARIABLE_VALUE'
+OBJECT_GRAPH_KEY = object_graph.OBJECT_GRAPH_KEY
 
 # Keras layers every MobileNetV2 weights file has (first conv, first block's projection).
 KERAS_SIGNATURE_LAYERS = ('Conv1', 'expanded_conv_project')
@@ -301,11 +299,10 @@ def _slim_source(reader, keys, roots: List[str], slim_root: Optional[str], path:
 
 def _tf2_source(backbone, targets, reader, path: str):
   """Finds the backbone in a TF2 checkpoint's object graph and maps its variables."""
-  graph = trackable_object_graph_pb2.TrackableObjectGraph()
-  graph.ParseFromString(reader.get_tensor(OBJECT_GRAPH_KEY))
+  graph = object_graph.read_object_graph(reader)
   best = None
   for anchor in TF2_ANCHORS:
-    node_id = _follow(graph, anchor)
+    node_id = object_graph.follow(graph, anchor)
     if node_id is None:
       continue
     matched = _match_variables(backbone, graph, node_id, '/'.join(anchor))
@@ -334,44 +331,16 @@ def _tf2_source(backbone, targets, reader, path: str):
   return lookup, anchor, num_entries
 
 
-def _follow(graph, path) -> Optional[int]:
-  node_id = 0
-  for name in path:
-    children = {c.local_name: c.node_id for c in graph.nodes[node_id].children}
-    if name not in children:
-      return None
-    node_id = children[name]
-  return node_id
-
-
 def _match_variables(root, graph, anchor_id: int,
                      anchor_path: str) -> Dict[int, Tuple[str, str]]:
-  """`{id(variable): (checkpoint key or None, saved full_name or '')}` under `root`.
-
-  Walks our object graph (`tf.train.TrackableView`, the view checkpoints are written from)
-  and the checkpoint's in parallel by child name, as `tf.train.Checkpoint.restore` does.
-  A variable whose object path is absent in the checkpoint maps to the key it would have.
-  """
-  view = tf.train.TrackableView(root)
-  matched, seen = {}, set()
-  queue = collections.deque([(root, anchor_id, anchor_path)])
-  while queue:
-    obj, node_id, obj_path = queue.popleft()
-    if id(obj) in seen:
-      continue
-    seen.add(id(obj))
-    if isinstance(obj, tf.Variable):
-      key, full_name = f'{obj_path}/.ATTRIBUTES/{VARIABLE_VALUE_ATTR}', ''
-      if node_id is not None:
-        for attr in graph.nodes[node_id].attributes:
-          if attr.name == VARIABLE_VALUE_ATTR:
-            key, full_name = attr.checkpoint_key, attr.full_name
-      matched[id(obj)] = (key, full_name)
-      continue
-    saved = {}
-    if node_id is not None:
-      saved = {c.local_name: c.node_id for c in graph.nodes[node_id].children}
-    for name, child in view.children(obj).items():
-      child_path = f'{obj_path}/{name}' if obj_path else name
-      queue.append((child, saved.get(name), child_path))
+  """`{id(variable): (checkpoint key, saved full_name or '')}` under `root`: our and
+  the checkpoint's variables matched by child-name path (`object_graph`), as
+  `tf.train.Checkpoint.restore` does. A variable whose path is absent in the
+  checkpoint maps to the key it would have."""
+  saved = object_graph.checkpoint_variables(graph, anchor_id)
+  matched = {}
+  for path, variable in object_graph.live_variables(root).items():
+    default = ('/'.join((anchor_path,) + path if anchor_path else path) +
+               f'/.ATTRIBUTES/{object_graph.VARIABLE_VALUE_ATTR}', '')
+    matched[id(variable)] = saved.get(path, default)
   return matched

@@ -14,15 +14,13 @@ from typing import Dict, Optional, Tuple
 
 import tensorflow as tf
 from google.protobuf import message
-from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from mnv2_det.core.errors import first_line
 from mnv2_det.core.params import PARAMS_FILE
+from mnv2_det.modeling import object_graph
 
 BEST_CKPT_SUBDIR = 'best_ckpt'
 CHECKPOINT_MODEL_KEY = 'model'  # Model Garden trainer: tf.train.Checkpoint(model=...)
-_OBJECT_GRAPH_KEY = '_CHECKPOINTABLE_OBJECT_GRAPH'
-_VARIABLE_ATTRIBUTE = 'VARIABLE_VALUE'
 # What reading a damaged checkpoint raises: a truncated .data file IndexError from the
 # reader, a garbage .index DataLossError (OpError), a damaged object graph DecodeError.
 UNREADABLE_CHECKPOINT_ERRORS = (tf.errors.OpError, OSError, IndexError, EOFError,
@@ -57,45 +55,21 @@ def resolve_checkpoint(path: str, best: bool = False) -> Tuple[str, Optional[str
 
 def model_variable_keys(prefix: str) -> Dict[Tuple[str, ...], str]:
   """`{child-name path from the checkpoint's 'model' object: tensor key}` of variables."""
-  reader = tf.train.load_checkpoint(prefix)
-  if not reader.has_tensor(_OBJECT_GRAPH_KEY):
-    raise ValueError(f'checkpoint {prefix} is not an object-based TF2 checkpoint')
-  graph = trackable_object_graph_pb2.TrackableObjectGraph()
-  graph.ParseFromString(reader.get_tensor(_OBJECT_GRAPH_KEY))
-  roots = [c.node_id for c in graph.nodes[0].children
-           if c.local_name == CHECKPOINT_MODEL_KEY]
-  if not roots:
+  try:
+    graph = object_graph.read_object_graph(tf.train.load_checkpoint(prefix))
+  except ValueError as e:
+    raise ValueError(f'checkpoint {prefix} is {e}') from e
+  root = object_graph.follow(graph, [CHECKPOINT_MODEL_KEY])
+  if root is None:
     raise ValueError(f'checkpoint {prefix} has no {CHECKPOINT_MODEL_KEY!r} object '
                      '(not written by tf.train.Checkpoint(model=...))')
-  keys, seen, queue = {}, {roots[0]}, [(roots[0], ())]
-  while queue:
-    node_id, path = queue.pop(0)
-    for attribute in graph.nodes[node_id].attributes:
-      if attribute.name == _VARIABLE_ATTRIBUTE:
-        keys[path] = attribute.checkpoint_key
-    for child in graph.nodes[node_id].children:
-      if child.node_id not in seen:
-        seen.add(child.node_id)
-        queue.append((child.node_id, path + (child.local_name,)))
-  return keys
+  return {path: key for path, (key, _) in
+          object_graph.checkpoint_variables(graph, root).items()}
 
 
 def model_variable_paths(model) -> Dict[Tuple[str, ...], tf.Variable]:
-  """`{child-name path from `model`: variable}`, breadth first as the Checkpoint saver.
-
-  The paths are the ones `model_variable_keys` reads from a checkpoint's object graph.
-  """
-  paths, seen, queue = {}, {id(model)}, [(model, ())]
-  while queue:
-    obj, path = queue.pop(0)
-    if isinstance(obj, tf.Variable):
-      paths[path] = obj
-      continue
-    for name, child in tf.train.TrackableView.children(obj).items():
-      if id(child) not in seen:
-        seen.add(id(child))
-        queue.append((child, path + (name,)))
-  return paths
+  """`{child-name path from `model`: variable}`, the paths `model_variable_keys` reads."""
+  return object_graph.live_variables(model)
 
 
 def restore_matching(model, prefix: str) -> Tuple[int, list]:

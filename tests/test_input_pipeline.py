@@ -8,9 +8,14 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
+from official.core import exp_factory
+from official.core import task_factory
 from official.vision.data import create_coco_tf_record
 from official.vision.evaluation import coco_evaluator
 
+import mnv2_det  # pylint: disable=unused-import  # registers the task and experiments
+from mnv2_det.configs import experiments
+from mnv2_det.configs import ssdlite as ssdlite_cfg
 from mnv2_det.data import augment
 from mnv2_det.data import input_pipeline
 from mnv2_det.data import shapes
@@ -350,6 +355,76 @@ def test_argument_errors(shapes_data):
   with pytest.raises(ValueError, match='no TFRecord files match'):
     input_pipeline.build_dataset_from_tfrecords('/nonexistent/*.tfrecord',
                                                 CategoryMap.from_ids([1]), False, 1, 64)
+
+
+# ------------------------------------- DataConfig fields through task.build_inputs
+
+
+def _data_config(shapes_data, split, **fields):
+  """`task, data config` of the shapes experiment on the fixture's `split`, augmentation
+  off, with `fields` set on the data config."""
+  params = exp_factory.get_exp_config('ssdlite_mnv2_shapes')
+  params.task.train_data.annotation_file = shapes_data['train_annotations']
+  params.task.train_data.image_dir = shapes_data['train_images']
+  data = params.task.train_data if split == 'train' else params.task.validation_data
+  data.annotation_file = shapes_data[f'{split}_annotations']
+  data.image_dir = shapes_data[f'{split}_images']
+  data.parser.aug_random_flip = data.parser.aug_ssd_random_crop = False
+  data.override(fields)
+  return task_factory.get_task(params.task), data
+
+
+@pytest.mark.parametrize('drop_remainder,sizes', [(False, [3, 3, 1]), (True, [3, 3])])
+def test_drop_remainder_is_honoured_for_evaluation(shapes_data, drop_remainder, sizes):
+  task, data = _data_config(shapes_data, 'val', global_batch_size=3,
+                            drop_remainder=drop_remainder)  # 7 val images
+  assert [b[0].shape[0] for b in _collect(task.build_inputs(data))] == sizes
+
+
+@pytest.mark.parametrize('drop_remainder,batch_dim', [(False, None), (True, 4)])
+def test_drop_remainder_is_honoured_for_training(shapes_data, drop_remainder, batch_dim):
+  # Training repeats, so no batch is ever short: the field decides whether the batch
+  # size is static (what TPUs and `tf.function` retracing care about).
+  task, data = _data_config(shapes_data, 'train', global_batch_size=4, seed=0,
+                            drop_remainder=drop_remainder)  # 12 train images
+  dataset = task.build_inputs(data)
+  assert dataset.element_spec[0].shape[0] == batch_dim
+  assert [b[0].shape[0] for b in _collect(dataset, 4)] == [4] * 4
+
+
+def _training_ids(shapes_data, shuffle_buffer_size):
+  task, data = _data_config(shapes_data, 'train', global_batch_size=4, seed=0,
+                            shuffle_buffer_size=shuffle_buffer_size)
+  return [int(i) for _, labels in _collect(task.build_inputs(data), 3)
+          for i in labels['source_id']]
+
+
+def test_shuffle_buffer_size_is_honoured(shapes_data):
+  with open(shapes_data['train_annotations'], encoding='utf-8') as f:
+    file_order = [im['id'] for im in json.load(f)['images']]
+  assert _training_ids(shapes_data, 1) == file_order  # a buffer of 1 shuffles nothing
+  shuffled = _training_ids(shapes_data, 1000)
+  assert sorted(shuffled) == sorted(file_order) and shuffled != file_order
+
+
+@pytest.mark.parametrize('field,value', [('shuffle_buffer_size', 0),
+                                         ('shuffle_buffer_size', -5),
+                                         ('drop_remainder', 'no')])
+def test_bad_data_config_fields_name_the_field(shapes_data, field, value):
+  task, data = _data_config(shapes_data, 'train', **{field: value})
+  with pytest.raises(ValueError, match=field):
+    task.build_inputs(data)
+
+
+def test_shipped_configs_keep_full_shuffles_and_complete_evaluation():
+  for name in ('ssdlite_mnv2_coco', 'ssdlite_mnv2_shapes'):
+    task = exp_factory.get_exp_config(name).task
+    assert task.train_data.drop_remainder and not task.validation_data.drop_remainder
+  shapes_task = exp_factory.get_exp_config('ssdlite_mnv2_shapes').task
+  assert shapes_task.train_data.shuffle_buffer_size >= shapes.DEFAULT_NUM_TRAIN
+  coco_task = exp_factory.get_exp_config('ssdlite_mnv2_coco').task
+  assert coco_task.train_data.shuffle_buffer_size >= experiments.COCO_TRAIN_EXAMPLES
+  assert ssdlite_cfg.SSDLiteTask().validation_data.drop_remainder is False
 
 
 # ---------------------------------------------------------------- augment.py

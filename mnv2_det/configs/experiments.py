@@ -14,6 +14,8 @@ from mnv2_det.configs import ssdlite
 
 COCO_TRAIN_EXAMPLES = 118287
 COCO_VAL_EXAMPLES = 5000
+# The shapes generator's default train split (mnv2_det/data/shapes.py, DEFAULT_NUM_TRAIN).
+SHAPES_TRAIN_EXAMPLES = 4096
 # Where `python -m mnv2_det.data.shapes DIR` writes the synthetic set by default.
 SHAPES_DIR = os.environ.get('MNV2_DET_SHAPES_DIR', 'data/shapes')
 
@@ -38,7 +40,10 @@ def ssdlite_mnv2_coco() -> cfg.ExperimentConfig:
       model=ssdlite.SSDLite(num_classes=91, input_size=[320, 320, 3]),
       train_data=ssdlite.DataConfig(
           annotation_file='coco/annotations/instances_train2017.json',
-          image_dir='coco/train2017', is_training=True, global_batch_size=batch),
+          image_dir='coco/train2017', is_training=True, global_batch_size=batch,
+          # A full shuffle of the JSON's images (paths + boxes: cheap). With TFRecords
+          # in input_path the buffer holds encoded images: lower it there.
+          shuffle_buffer_size=COCO_TRAIN_EXAMPLES),
       validation_data=ssdlite.DataConfig(
           annotation_file='coco/annotations/instances_val2017.json',
           image_dir='coco/val2017', is_training=False, global_batch_size=8,
@@ -94,7 +99,7 @@ def ssdlite_mnv2_shapes() -> cfg.ExperimentConfig:
       train_data=ssdlite.DataConfig(
           annotation_file=os.path.join(SHAPES_DIR, 'annotations/instances_train.json'),
           image_dir=os.path.join(SHAPES_DIR, 'train'), is_training=True,
-          global_batch_size=batch,
+          global_batch_size=batch, shuffle_buffer_size=SHAPES_TRAIN_EXAMPLES,  # full shuffle
           # A short from-scratch schedule converges faster without the SSD crop.
           parser=ssdlite.Parser(aug_ssd_random_crop=False)),
       validation_data=ssdlite.DataConfig(

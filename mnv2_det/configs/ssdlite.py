@@ -98,7 +98,14 @@ class Parser(hyperparams.Config):
 @dataclasses.dataclass
 class DataConfig(cfg.DataConfig):
   """Input: a COCO JSON + image folder (`annotation_file`, `image_dir`), or Model Garden
-  TFRecords in `input_path`."""
+  TFRecords in `input_path`.
+
+  `is_training` turns on augmentation, shuffling and repetition (groundtruths for the
+  evaluator otherwise). `shuffle_buffer_size` is the shuffle buffer when training, in
+  images (>= the image count: a full shuffle; a COCO JSON source holds paths and
+  annotations, TFRecords hold encoded images). `drop_remainder` drops a last short
+  batch (static batch size); evaluation data wants False, so every image is scored.
+  """
   annotation_file: str = ''
   image_dir: str = ''
   global_batch_size: int = 8
@@ -133,7 +140,7 @@ class SSDLiteTask(cfg.TaskConfig):
   model: SSDLite = dataclasses.field(default_factory=SSDLite)
   train_data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(is_training=True))
   validation_data: DataConfig = dataclasses.field(
-      default_factory=lambda: DataConfig(is_training=False))
+      default_factory=lambda: DataConfig(is_training=False, drop_remainder=False))
   losses: Losses = dataclasses.field(default_factory=Losses)
   annotation_file: Optional[str] = None  # COCO JSON for COCOEvaluator; default: validation's
   per_category_metrics: bool = False

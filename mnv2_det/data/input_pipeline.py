@@ -204,7 +204,19 @@ def _load_image(element):
   return example
 
 
-def _assemble(dataset, decode_fn, parser, batch_size, shuffle_buffer, is_training,
+def _check_options(batch_size, shuffle_buffer_size, drop_remainder):
+  """ValueError naming the data config field that is out of range."""
+  if batch_size < 1:
+    raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+  if (isinstance(shuffle_buffer_size, bool) or
+      not isinstance(shuffle_buffer_size, (int, np.integer)) or shuffle_buffer_size < 1):
+    raise ValueError(f'shuffle_buffer_size must be an integer >= 1, got '
+                     f'{shuffle_buffer_size!r}')
+  if drop_remainder is not None and not isinstance(drop_remainder, (bool, np.bool_)):
+    raise ValueError(f'drop_remainder must be true or false, got {drop_remainder!r}')
+
+
+def _assemble(dataset, decode_fn, parser, batch_size, shuffle_buffer_size, is_training,
               seed, repeat=None, shuffle=None, deterministic=None,
               drop_remainder=None, input_context=None):
   """Shards, shuffles, repeats, decodes + parses in parallel, batches, prefetches.
@@ -212,8 +224,7 @@ def _assemble(dataset, decode_fn, parser, batch_size, shuffle_buffer, is_trainin
   With a `tf.distribute.InputContext` of several input pipelines (multi-worker), each
   pipeline reads its own `1 / num_input_pipelines` shard of the records.
   """
-  if batch_size < 1:
-    raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+  _check_options(batch_size, shuffle_buffer_size, drop_remainder)
   pick = lambda value, default: default if value is None else value
   repeat = pick(repeat, is_training)
   shuffle = pick(shuffle, is_training)
@@ -225,7 +236,7 @@ def _assemble(dataset, decode_fn, parser, batch_size, shuffle_buffer, is_trainin
     dataset = dataset.shard(input_context.num_input_pipelines,
                             input_context.input_pipeline_id)
   if shuffle:
-    dataset = dataset.shuffle(shuffle_buffer, seed=base_seed,
+    dataset = dataset.shuffle(shuffle_buffer_size, seed=base_seed,
                               reshuffle_each_iteration=True)
   if repeat:
     dataset = dataset.repeat()
@@ -265,7 +276,8 @@ def build_dataset_from_coco(coco: coco_reader.CocoDataset, is_training: bool,
                             deterministic: Optional[bool] = None,
                             drop_remainder: Optional[bool] = None,
                             input_context: Optional[tf.distribute.InputContext] = None,
-                            random_crop: bool = True, random_flip: bool = True
+                            random_crop: bool = True, random_flip: bool = True,
+                            shuffle_buffer_size: Optional[int] = None
                             ) -> tf.data.Dataset:
   """Pipeline over an already read CocoDataset; arguments as build_dataset."""
   if not coco.records:
@@ -276,7 +288,9 @@ def build_dataset_from_coco(coco: coco_reader.CocoDataset, is_training: bool,
                         resize_mode=resize_mode, max_num_instances=max_num_instances,
                         random_crop=random_crop, random_flip=random_flip)
   dataset = tf.data.Dataset.from_tensor_slices(_record_slices(coco.records))
-  return _assemble(dataset, _load_image, parser, batch_size, len(coco.records),
+  if shuffle_buffer_size is None:
+    shuffle_buffer_size = len(coco.records)
+  return _assemble(dataset, _load_image, parser, batch_size, shuffle_buffer_size,
                    is_training, seed, repeat, shuffle, deterministic, drop_remainder,
                    input_context)
 
@@ -312,7 +326,9 @@ def build_dataset(annotation_file: str, image_dir: str, is_training: bool,
     **kwargs: augment_images, include_groundtruths, repeat, shuffle,
       deterministic, drop_remainder (bool or None for the default), and
       input_context (a tf.distribute.InputContext: shard per input pipeline),
-      random_crop / random_flip (which augmentations run when augmenting).
+      random_crop / random_flip (which augmentations run when augmenting),
+      shuffle_buffer_size (elements of the shuffle buffer; None: every image, a
+      full shuffle, cheap here since elements are paths + annotations).
 
   Returns:
     tf.data.Dataset of `(images, labels)`; see the module docstring.
@@ -330,13 +346,14 @@ def build_dataset_from_tfrecords(file_pattern: str, category_map: CategoryMap,
                                  resize_mode: str = 'fixed',
                                  max_num_instances: int = DEFAULT_MAX_NUM_INSTANCES,
                                  seed: Optional[int] = None,
-                                 shuffle_buffer: int = DEFAULT_TFRECORD_SHUFFLE_BUFFER,
+                                 shuffle_buffer_size: int = DEFAULT_TFRECORD_SHUFFLE_BUFFER,
                                  augment_images: Optional[bool] = None,
                                  include_groundtruths: Optional[bool] = None,
                                  random_crop: bool = True, random_flip: bool = True,
                                  **kwargs) -> tf.data.Dataset:
   """Same pipeline over Model Garden TFRecords (labels are dataset category ids).
 
+  `shuffle_buffer_size` counts serialized examples (encoded images) held in memory.
   `kwargs`: repeat, shuffle, deterministic, drop_remainder as build_dataset.
   """
   parser = _make_parser(output_size, category_map, is_training, augment_images,
@@ -345,7 +362,7 @@ def build_dataset_from_tfrecords(file_pattern: str, category_map: CategoryMap,
                         random_crop=random_crop, random_flip=random_flip)
   dataset = tf.data.TFRecordDataset(tfrecord_reader.list_files(file_pattern))
   return _assemble(dataset, tfrecord_reader.make_decode_fn(category_map), parser,
-                   batch_size, shuffle_buffer, is_training, seed, **kwargs)
+                   batch_size, shuffle_buffer_size, is_training, seed, **kwargs)
 
 
 def load_category_map(annotation_file: str) -> CategoryMap:

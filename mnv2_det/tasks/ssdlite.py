@@ -154,7 +154,8 @@ class SSDLiteTask(base_task.Task):
         output_size=self.task_config.model.input_size[:2],
         anchor_labeler=self.anchor_labeler(), resize_mode=params.parser.resize_mode,
         max_num_instances=params.parser.max_num_instances, seed=params.seed,
-        input_context=input_context,
+        shuffle_buffer_size=params.shuffle_buffer_size,
+        drop_remainder=params.drop_remainder, input_context=input_context,
         augment_images=params.is_training and (params.parser.aug_random_flip or
                                                params.parser.aug_ssd_random_crop),
         random_crop=params.parser.aug_ssd_random_crop,

@@ -23,6 +23,7 @@ from mnv2_det.core import model_dir as model_dir_lib
 from mnv2_det.core import params as params_lib
 from mnv2_det.core.errors import first_line
 from mnv2_det.data.category_map import CategoryMap
+from mnv2_det.modeling import factory
 
 
 @dataclasses.dataclass
@@ -113,14 +114,15 @@ def category_map_of(task) -> CategoryMap:
 def detection_settings(params: cfg.ExperimentConfig) -> dict:
   """Input and post-processing settings shared by the exporters."""
   model = params.task.model
+  nms = factory.nms_settings(model)
   return {
       'input_size': [int(s) for s in model.input_size[:2]],
       'resize_mode': params.task.validation_data.parser.resize_mode,
       'num_classes': int(model.num_classes),
-      'score_threshold': float(model.detection_generator.score_threshold),
-      'iou_threshold': float(model.detection_generator.iou_threshold),
-      'max_detections_per_class': int(model.detection_generator.max_detections_per_class),
-      'max_num_detections': int(model.detection_generator.max_num_detections),
+      'score_threshold': nms.score_threshold,
+      'iou_threshold': nms.iou_threshold,
+      'max_detections_per_class': nms.max_per_class,
+      'max_num_detections': nms.max_total,
   }
 
 

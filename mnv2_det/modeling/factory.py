@@ -1,5 +1,7 @@
 """Builders: the only place that turns SSDLite configs into layers."""
 
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 import tf_keras
@@ -13,6 +15,7 @@ from mnv2_det.modeling.head import SSDLiteHead
 from mnv2_det.modeling.model import SSDLiteModel
 from mnv2_det.ops import anchors as anchor_ops
 from mnv2_det.ops import padding
+from mnv2_det.ops import postprocess as postprocess_ops
 
 
 def padded_input_size(model_config: ssdlite_cfg.SSDLite):
@@ -84,21 +87,17 @@ def build_ssdlite_model(model_config: ssdlite_cfg.SSDLite, input_specs=None,
       use_sync_bn=norm.use_sync_bn, name='ssd_feature_maps')
   head_cfg = model_config.head
   head = SSDLiteHead(
-      levels=[str(l) for l in range(4, 4 + model_config.anchor.num_layers)],
+      levels=[str(anchor_ops.FIRST_LEVEL + i) for i in range(model_config.anchor.num_layers)],
       num_anchors_per_location=anchors_per_location(model_config),
       num_classes=model_config.num_classes, kernel_size=head_cfg.kernel_size,
       init_stddev=head_cfg.init_stddev, weight_decay=head_cfg.weight_decay,
       class_prior_prob=head_cfg.class_prior_prob, bn_momentum=norm.norm_momentum,
       bn_epsilon=norm.norm_epsilon, use_sync_bn=norm.use_sync_bn, name='ssdlite_head')
-  gen = model_config.detection_generator
   model = SSDLiteModel(
       backbone, feature_maps, head, anchor_boxes=build_anchors(model_config),
       input_size=model_config.input_size[:2],
-      detection_params=dict(
-          score_threshold=gen.score_threshold, iou_threshold=gen.iou_threshold,
-          max_per_class=gen.max_detections_per_class, max_total=gen.max_num_detections,
-          pre_nms_top_k=gen.pre_nms_top_k, clip_before_nms=gen.clip_before_nms,
-          num_real_classes=num_real_classes),
+      detection_params=dict(dataclasses.asdict(nms_settings(model_config)),
+                            num_real_classes=num_real_classes),
       name='ssdlite_mnv2')
   batch = input_specs.shape[0] or 1
   # A tensor (not a Variable) so the Keras save spec stays a TensorSpec.
@@ -108,6 +107,16 @@ def build_ssdlite_model(model_config: ssdlite_cfg.SSDLite, input_specs=None,
       if isinstance(layer, tf_keras.layers.BatchNormalization):
         layer.trainable = False
   return model
+
+
+def nms_settings(model_config) -> postprocess_ops.NmsSettings:
+  """The NMS limits of `task.model.detection_generator` (the one place they are read)."""
+  gen = model_config.detection_generator
+  return postprocess_ops.NmsSettings(
+      score_threshold=float(gen.score_threshold), iou_threshold=float(gen.iou_threshold),
+      max_per_class=int(gen.max_detections_per_class),
+      max_total=int(gen.max_num_detections), pre_nms_top_k=int(gen.pre_nms_top_k),
+      clip_before_nms=bool(gen.clip_before_nms))
 
 
 def _all_layers(model):

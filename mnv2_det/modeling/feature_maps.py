@@ -12,9 +12,9 @@ from typing import Dict, Optional, Sequence
 import tf_keras
 
 from mnv2_det.modeling import layers as layer_lib
+from mnv2_det.ops import anchors as anchor_ops
 
 BASE_ENDPOINTS = ('layer_15/expansion_output', 'layer_19')
-FIRST_LEVEL = 4  # layer_15/expansion_output has stride 16 = 2**4
 
 
 @tf_keras.utils.register_keras_serializable(package='mnv2_det')
@@ -52,7 +52,7 @@ class SSDFeatureMaps(tf_keras.layers.Layer):
 
   def _extra_layer(self, index, depth):
     cfg = self._config_dict
-    level = FIRST_LEVEL + 2 + index
+    level = anchor_ops.FIRST_LEVEL + 2 + index
     reg = layer_lib.l2_decay(cfg['weight_decay'])
 
     def conv(filters, kernel, stride, name):
@@ -85,17 +85,17 @@ class SSDFeatureMaps(tf_keras.layers.Layer):
     if missing:
       raise ValueError(f'SSDFeatureMaps needs backbone endpoints {list(BASE_ENDPOINTS)}; '
                        f'missing {missing} in {sorted(endpoints)}')
-    outputs = {str(FIRST_LEVEL): endpoints[BASE_ENDPOINTS[0]],
-               str(FIRST_LEVEL + 1): endpoints[BASE_ENDPOINTS[1]]}
-    x = outputs[str(FIRST_LEVEL + 1)]
+    outputs = {str(anchor_ops.FIRST_LEVEL): endpoints[BASE_ENDPOINTS[0]],
+               str(anchor_ops.FIRST_LEVEL + 1): endpoints[BASE_ENDPOINTS[1]]}
+    x = outputs[str(anchor_ops.FIRST_LEVEL + 1)]
     for index, ops in enumerate(self._extra):
       x = layer_lib.apply_sequence(ops, x, training)
-      outputs[str(FIRST_LEVEL + 2 + index)] = x
+      outputs[str(anchor_ops.FIRST_LEVEL + 2 + index)] = x
     return outputs
 
   @property
   def levels(self):
-    return [str(FIRST_LEVEL + i) for i in range(2 + len(self._extra))]
+    return [str(anchor_ops.FIRST_LEVEL + i) for i in range(2 + len(self._extra))]
 
   def get_config(self):
     return {**super().get_config(), **self._config_dict}

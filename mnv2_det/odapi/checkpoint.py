@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from mnv2_det import weights as backbone_weights
+from mnv2_det.ops import anchors as anchor_ops
 
 FEATURE_EXTRACTOR_ROOT = 'FeatureExtractor/MobilenetV2/'
 EMA_SUFFIX = '/ExponentialMovingAverage'
@@ -39,7 +40,6 @@ _BN_WEIGHTS = ('gamma', 'beta', 'moving_mean', 'moving_variance')
 _CONV_WEIGHTS = {'kernel': 'weights', 'depthwise_kernel': 'depthwise_weights',
                  'bias': 'biases'}
 _PREDICTORS = {'class': 'ClassPredictor', 'box': 'BoxEncodingPredictor'}
-FIRST_LEVEL = 4
 
 
 def _split(variable: tf.Variable) -> Tuple[str, str]:
@@ -79,7 +79,7 @@ def odapi_names(model) -> List[Tuple[tf.Variable, str]]:
       raise ValueError(f'feature-map layer {layer!r} has no OD API counterpart')
     level, op, is_bn = int(match.group(1)), match.group(2), bool(match.group(3)) or (
         match.group(2) == 'out')
-    k = level - FIRST_LEVEL
+    k = level - anchor_ops.FIRST_LEVEL
     if op == '1x1':
       scope = f'layer_19_1_Conv2d_{k}_1x1_{half_depth[level]}'
     elif op == '3x3_s2_depthwise':
@@ -95,7 +95,7 @@ def odapi_names(model) -> List[Tuple[tf.Variable, str]]:
       raise ValueError(f'head layer {layer!r} has no OD API counterpart')
     branch, level, op, is_bn = match.group(1), int(match.group(2)), match.group(3), bool(
         match.group(4))
-    scope = f'BoxPredictor_{level - FIRST_LEVEL}/{_PREDICTORS[branch]}'
+    scope = f'BoxPredictor_{level - anchor_ops.FIRST_LEVEL}/{_PREDICTORS[branch]}'
     if op == 'depthwise':
       scope += '_depthwise'
     pairs.append((v, f'{scope}/{_weight_suffix(layer, weight, is_bn)}'))

@@ -54,7 +54,9 @@ LOWEST_LAYER_BOX_SPECS = ((0.1, 1.0), (None, 2.0), (None, 0.5))
 ANCHOR_OFFSET_IN_STRIDES = 0.5
 # Coordinates per box.
 # Level of the finest SSD feature map (stride 16), see the project conventions.
-DEFAULT_MIN_LEVEL = 4
+# Level of the first feature map (layer_15/expansion_output, stride 16 = 2**4); the
+# maps are keyed str(FIRST_LEVEL), str(FIRST_LEVEL + 1), ... everywhere.
+FIRST_LEVEL = 4
 
 BoxSpec = Tuple[float, float]
 
@@ -122,7 +124,7 @@ def anchors_per_location(
 
 def ssd_feature_map_shapes(
     image_shape: Tuple[int, int],
-    min_level: int = DEFAULT_MIN_LEVEL,
+    min_level: int = FIRST_LEVEL,
     num_layers: int = DEFAULT_NUM_LAYERS,
 ) -> List[Tuple[int, int]]:
   """Feature map sizes (H, W) of levels min_level.. for an input of `image_shape`.
@@ -227,7 +229,7 @@ def split_anchors_by_level(
     anchors,
     feature_map_shapes: Sequence[Tuple[int, int]],
     anchors_per_loc: Sequence[int],
-    min_level: int = DEFAULT_MIN_LEVEL,
+    min_level: int = FIRST_LEVEL,
 ) -> Dict[str, object]:
   """Splits flat anchors into Model Garden's per-level layout.
 

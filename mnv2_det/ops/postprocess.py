@@ -31,6 +31,8 @@ Defaults follow the OD API ssdlite_mobilenet_v2_coco config
 100 total, sigmoid scores.
 """
 
+import dataclasses
+
 import tensorflow as tf
 
 from mnv2_det.ops import box_coder
@@ -109,6 +111,21 @@ def _minimum(a, b):
   if isinstance(a, int) and isinstance(b, int):
     return min(a, b)
   return tf.minimum(a, b)
+
+
+@dataclasses.dataclass(frozen=True)
+class NmsSettings:
+  """The NMS limits, one object for the model, the SavedModel and the TFLite exporter
+  (built from `task.model.detection_generator` by `modeling.factory.nms_settings`).
+
+  Attributes: `postprocess`'s arguments of the same names (module docstring).
+  """
+  score_threshold: float = SCORE_THRESHOLD
+  iou_threshold: float = IOU_THRESHOLD
+  max_per_class: int = MAX_PER_CLASS
+  max_total: int = MAX_TOTAL
+  pre_nms_top_k: int = PRE_NMS_TOP_K
+  clip_before_nms: bool = True
 
 
 def postprocess(cls_logits,

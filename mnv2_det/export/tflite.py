@@ -251,12 +251,3 @@ class TFLiteDetector:
     ids[n:] = UNKNOWN
     out['detection_classes'] = ids[np.newaxis]
     return out
-
-  def detect_fn(self, images, image_info) -> Dict[str, np.ndarray]:
-    """`evaluate.DetectFn` over pipeline batches: images `[B, H, W, 3]` float32 in
-    [-1, 1], image_info `[B, 4, 2]` -> original pixels, CONTIGUOUS classes."""
-    pixels = serving_inputs.normalized_to_pixels(images).numpy()
-    infos = np.asarray(image_info, np.float32)
-    results = [self._to_original(self.run_network(p), info)
-               for p, info in zip(pixels, infos)]
-    return {k: np.concatenate([r[k] for r in results]) for k in results[0]}

@@ -9,7 +9,7 @@ import tf_keras
 from official.vision.modeling.backbones import mobilenet as mg_mobilenet
 from official.vision.tasks import retinanet
 from mnv2_det.analysis import model_stats
-from mnv2_det.analysis import timing
+import timing
 from mnv2_det.configs import ssdlite as ssdlite_cfg
 from mnv2_det.modeling import factory
 from mnv2_det.modeling.backbone import MobileNetV2Backbone

@@ -9,7 +9,7 @@ import tensorflow as tf
 import tf_keras
 from ai_edge_litert.interpreter import Interpreter
 
-from mnv2_det.analysis import timing
+import timing
 from mnv2_det.core import loading
 from mnv2_det.data.category_map import CategoryMap
 from mnv2_det.evaluation import coco

@@ -29,27 +29,25 @@ The associated file is packed the way tflite-support's MetadataPopulator packs i
 a zip archive (stored, not compressed) appended after the model flatbuffer, so
 `zipfile.ZipFile(path)` reads the label file and the interpreter ignores the tail.
 
-The metadata flatbuffer is written here with `flatbuffers.Builder`, field by field
-(slot numbers = declaration order in metadata_schema.fbs), because `tflite-support`
-cannot be installed beside TF 2.20 (protobuf < 4) and MediaPipe's writer needs
-MediaPipe. `read_standard_metadata` reads it back (tests, users).
+The metadata flatbuffer itself is written and read field by field by
+`tflite_metadata_schema` (tflite-support cannot be installed beside TF 2.20);
+`read_standard_metadata` reads it back (tests, users).
 """
 
 import io
 import zipfile
 from typing import Any, Dict, List, Optional, Sequence
 
-import flatbuffers
 from flatbuffers import flexbuffers
-from flatbuffers import table as fb_table
 import numpy as np
 from tensorflow.lite.python import schema_py_generated as schema_fb
 from tensorflow.lite.tools import flatbuffer_utils
 
 from mnv2_det.export import edgetpu
+from mnv2_det.export import tflite_metadata_schema as metadata_schema
 
 STANDARD_METADATA_NAME = 'TFLITE_METADATA'
-METADATA_FILE_IDENTIFIER = b'M001'
+METADATA_FILE_IDENTIFIER = metadata_schema.FILE_IDENTIFIER
 # No field newer than schema 1.0.0 is written.
 MIN_PARSER_VERSION = '1.0.0'
 POSTPROCESS_OP = 'TFLite_Detection_PostProcess'
@@ -68,37 +66,6 @@ PIXEL_MIN, PIXEL_MAX = 0.0, 255.0
 FLOAT_INPUT_MEAN, FLOAT_INPUT_STD = 0.0, 1.0
 
 
-class _Schema:
-  """Enum values and field slots of metadata_schema.fbs (slot = declaration index;
-  a union field takes two slots, its type first)."""
-  # enums
-  ASSOCIATED_FILE_TENSOR_VALUE_LABELS = 3
-  COLOR_SPACE_RGB = 1
-  BOUNDING_BOX_BOUNDARIES = 1
-  COORDINATE_RATIO = 0
-  CONTENT_FEATURE, CONTENT_IMAGE, CONTENT_BOUNDING_BOX = 1, 2, 3
-  PROCESS_UNIT_NORMALIZATION = 1
-  # table fields
-  MODEL = dict(name=0, description=1, version=2, subgraph_metadata=3, author=4,
-               license=5, associated_files=6, min_parser_version=7)
-  SUBGRAPH = dict(name=0, description=1, input_tensor_metadata=2,
-                  output_tensor_metadata=3, associated_files=4, input_process_units=5,
-                  output_process_units=6, input_tensor_groups=7,
-                  output_tensor_groups=8, custom_metadata=9)
-  TENSOR = dict(name=0, description=1, dimension_names=2, content=3, process_units=4,
-                stats=5, associated_files=6)
-  CONTENT = dict(content_properties_type=0, content_properties=1, range=2)
-  IMAGE_PROPERTIES = dict(color_space=0, default_size=1)
-  IMAGE_SIZE = dict(width=0, height=1)
-  BOUNDING_BOX_PROPERTIES = dict(index=0, type=1, coordinate_type=2)
-  VALUE_RANGE = dict(min=0, max=1)
-  NORMALIZATION = dict(mean=0, std=1)
-  PROCESS_UNIT = dict(options_type=0, options=1)
-  STATS = dict(max=0, min=1)
-  ASSOCIATED_FILE = dict(name=0, description=1, type=2, locale=3, version=4)
-  TENSOR_GROUP = dict(name=0, tensor_names=1)
-
-
 def label_lines(class_names: Sequence[str], num_op_classes: int) -> List[str]:
   """Line i: the name of the op's class i; PAD_LABEL past `class_names`.
 
@@ -114,81 +81,18 @@ def label_lines(class_names: Sequence[str], num_op_classes: int) -> List[str]:
   return names + [PAD_LABEL] * (num_op_classes - len(names))
 
 
-# ----------------------------------------------------------------- writing
-class _Writer:
-  """flatbuffers.Builder with one call per table (children built first)."""
-
-  def __init__(self):
-    self.b = flatbuffers.Builder(1024)
-
-  def string(self, s: Optional[str]):
-    return None if s is None else self.b.CreateString(s)
-
-  def offsets(self, items: Sequence[int]):
-    self.b.StartVector(4, len(items), 4)
-    for item in reversed(items):
-      self.b.PrependUOffsetTRelative(item)
-    return self.b.EndVector()
-
-  def floats(self, values: Sequence[float]):
-    return self.b.CreateNumpyVector(np.asarray(values, np.float32))
-
-  def uints(self, values: Sequence[int]):
-    return self.b.CreateNumpyVector(np.asarray(values, np.uint32))
-
-  def table(self, slots: Dict[str, int], offsets: Dict[str, Any] = None,
-            bytes_: Dict[str, int] = None, ints: Dict[str, int] = None,
-            uints: Dict[str, int] = None) -> int:
-    """A table of `offsets` (already built), `bytes_` (byte enums and union types),
-    `ints` / `uints` (int32 / uint32 scalars). Every given value is written, defaults
-    too."""
-    offsets = {k: v for k, v in (offsets or {}).items() if v is not None}
-    bytes_, ints, uints = bytes_ or {}, ints or {}, uints or {}
-    self.b.StartObject(max(slots.values()) + 1)
-    for key, value in offsets.items():
-      self.b.PrependUOffsetTRelativeSlot(slots[key], value, 0)
-    for key, value in ints.items():
-      self.b.PrependInt32Slot(slots[key], int(value), int(value) + 1)
-    for key, value in uints.items():
-      self.b.PrependUint32Slot(slots[key], int(value), int(value) + 1)
-    for key, value in bytes_.items():
-      self.b.PrependUint8Slot(slots[key], int(value), int(value) + 1)
-    return self.b.EndObject()
-
-  def content(self, kind: int, properties: int, value_range: Optional[int]) -> int:
-    return self.table(_Schema.CONTENT, {'content_properties': properties,
-                                        'range': value_range},
-                      bytes_={'content_properties_type': kind})
-
-  def value_range(self, lo: int, hi: int) -> int:
-    return self.table(_Schema.VALUE_RANGE, ints={'min': lo, 'max': hi})
-
-  def feature_content(self, with_range: bool = True) -> int:
-    value_range = self.value_range(DETECTION_DIMENSION, DETECTION_DIMENSION) \
-        if with_range else None
-    self.b.StartObject(0)
-    properties = self.b.EndObject()
-    return self.content(_Schema.CONTENT_FEATURE, properties, value_range)
-
-  def tensor(self, name: str, description: str, content: int,
-             process_units: Sequence[int] = (), stats: Optional[int] = None,
-             associated_files: Sequence[int] = ()) -> int:
-    name_off, desc_off = self.string(name), self.string(description)
-    units = self.offsets(process_units) if process_units else None
-    files = self.offsets(associated_files) if associated_files else None
-    return self.table(_Schema.TENSOR, {'name': name_off, 'description': desc_off,
-                                       'content': content, 'process_units': units,
-                                       'stats': stats, 'associated_files': files})
-
-
 def metadata_buffer(name: str, description: str, version: str, author: str,
                     input_is_float: bool, input_hw: Sequence[int],
                     output_descriptions: Sequence[str], label_file: str = LABEL_FILE,
                     num_labels: int = 0) -> bytes:
   """The ModelMetadata flatbuffer (file identifier M001) of a detector (module
   docstring); `output_descriptions` in OUTPUT_TENSOR_NAMES order."""
-  w = _Writer()
-  s = _Schema
+  w = metadata_schema.Writer()
+  s = metadata_schema.Schema
+
+  def detection_range():  # Content.range: the dimension of the per-detection values
+    return w.value_range(DETECTION_DIMENSION, DETECTION_DIMENSION)
+
   # Input: RGB image, pixel stats, normalization for a float input.
   default_size = w.table(s.IMAGE_SIZE, uints={'width': int(input_hw[1]),
                                               'height': int(input_hw[0])})
@@ -213,19 +117,17 @@ def metadata_buffer(name: str, description: str, version: str, author: str,
   box_properties = w.table(s.BOUNDING_BOX_PROPERTIES, {'index': index},
                            bytes_={'type': s.BOUNDING_BOX_BOUNDARIES,
                                    'coordinate_type': s.COORDINATE_RATIO})
-  box_range = w.value_range(DETECTION_DIMENSION, DETECTION_DIMENSION)
   location = w.tensor(LOCATION, output_descriptions[0],
-                      w.content(s.CONTENT_BOUNDING_BOX, box_properties, box_range))
+                      w.content(s.CONTENT_BOUNDING_BOX, box_properties, detection_range()))
   labels_name = w.string(label_file)
   labels_desc = w.string(f'{num_labels} labels, line i = op class i (background '
                          f'excluded; {PAD_LABEL!r}: no category)')
   labels = w.table(s.ASSOCIATED_FILE, {'name': labels_name, 'description': labels_desc},
                    bytes_={'type': s.ASSOCIATED_FILE_TENSOR_VALUE_LABELS})
-  category = w.tensor(CATEGORY, output_descriptions[1], w.feature_content(),
-                      associated_files=[labels])
-  score = w.tensor(SCORE, output_descriptions[2], w.feature_content())
-  num = w.tensor(NUM_DETECTIONS, output_descriptions[3],
-                 w.feature_content(with_range=False))
+  category = w.tensor(CATEGORY, output_descriptions[1],
+                      w.feature_content(detection_range()), associated_files=[labels])
+  score = w.tensor(SCORE, output_descriptions[2], w.feature_content(detection_range()))
+  num = w.tensor(NUM_DETECTIONS, output_descriptions[3], w.feature_content(None))
   group_name = w.string('detection_result')
   group_names = w.offsets([w.string(n) for n in (LOCATION, CATEGORY, SCORE)])
   group = w.table(s.TENSOR_GROUP, {'name': group_name, 'tensor_names': group_names})
@@ -242,8 +144,7 @@ def metadata_buffer(name: str, description: str, version: str, author: str,
       'version': w.string(version), 'author': w.string(author),
       'subgraph_metadata': subgraphs,
       'min_parser_version': w.string(MIN_PARSER_VERSION)})
-  w.b.Finish(model, file_identifier=METADATA_FILE_IDENTIFIER)
-  return bytes(w.b.Output())
+  return w.finish(model)
 
 
 def postprocess_op_options(model) -> Dict[str, Any]:
@@ -364,7 +265,6 @@ def append_files(contents: bytes, files: Dict[str, bytes]) -> bytes:
   return out.getvalue()
 
 
-# ----------------------------------------------------------------- reading
 def associated_files(contents: bytes) -> Dict[str, bytes]:
   """The files zip-appended to a .tflite ({} if none)."""
   try:
@@ -372,107 +272,6 @@ def associated_files(contents: bytes) -> Dict[str, bytes]:
       return {n: archive.read(n) for n in archive.namelist()}
   except zipfile.BadZipFile:
     return {}
-
-
-class _Reader:
-  """Reads tables of the metadata flatbuffer by slot."""
-
-  def __init__(self, buf, pos: int):
-    self.t = fb_table.Table(buf, pos)
-
-  def _offset(self, slot: int) -> int:
-    return self.t.Offset(4 + 2 * slot)
-
-  def string(self, slot: int) -> Optional[str]:
-    o = self._offset(slot)
-    return None if not o else self.t.String(o + self.t.Pos).decode('utf-8')
-
-  def scalar(self, slot: int, flags, default: int = 0):
-    o = self._offset(slot)
-    return default if not o else self.t.Get(flags, o + self.t.Pos)
-
-  def table(self, slot: int) -> Optional['_Reader']:
-    o = self._offset(slot)
-    return None if not o else _Reader(self.t.Bytes, self.t.Indirect(o + self.t.Pos))
-
-  def tables(self, slot: int) -> List['_Reader']:
-    o = self._offset(slot)
-    if not o:
-      return []
-    start = self.t.Vector(o)
-    return [_Reader(self.t.Bytes, self.t.Indirect(start + 4 * i))
-            for i in range(self.t.VectorLen(o))]
-
-  def strings(self, slot: int) -> List[str]:
-    o = self._offset(slot)
-    if not o:
-      return []
-    start = self.t.Vector(o)
-    return [self.t.String(start + 4 * i).decode('utf-8')
-            for i in range(self.t.VectorLen(o))]
-
-  def numbers(self, slot: int, flags) -> List[float]:
-    o = self._offset(slot)
-    return [] if not o else self.t.GetVectorAsNumpy(flags, o).tolist()
-
-
-_U8 = flatbuffers.number_types.Uint8Flags
-_I32 = flatbuffers.number_types.Int32Flags
-_U32 = flatbuffers.number_types.Uint32Flags
-_F32 = flatbuffers.number_types.Float32Flags
-
-
-def _read_file(r: _Reader) -> Dict[str, Any]:
-  f = _Schema.ASSOCIATED_FILE
-  return {'name': r.string(f['name']), 'description': r.string(f['description']),
-          'type': r.scalar(f['type'], _U8), 'locale': r.string(f['locale'])}
-
-
-def _read_content(r: Optional[_Reader]) -> Optional[Dict[str, Any]]:
-  if r is None:
-    return None
-  c = _Schema.CONTENT
-  kind = r.scalar(c['content_properties_type'], _U8)
-  out = {'content_properties_type': kind}
-  props = r.table(c['content_properties'])
-  if props is not None and kind == _Schema.CONTENT_IMAGE:
-    ip = _Schema.IMAGE_PROPERTIES
-    size = props.table(ip['default_size'])
-    out['color_space'] = props.scalar(ip['color_space'], _U8)
-    if size is not None:
-      out['default_size'] = [size.scalar(_Schema.IMAGE_SIZE['height'], _U32),
-                             size.scalar(_Schema.IMAGE_SIZE['width'], _U32)]  # [h, w]
-  elif props is not None and kind == _Schema.CONTENT_BOUNDING_BOX:
-    bp = _Schema.BOUNDING_BOX_PROPERTIES
-    out['index'] = [int(v) for v in props.numbers(bp['index'], _U32)]
-    out['type'] = props.scalar(bp['type'], _U8)
-    out['coordinate_type'] = props.scalar(bp['coordinate_type'], _U8)
-  value_range = r.table(c['range'])
-  if value_range is not None:
-    vr = _Schema.VALUE_RANGE
-    out['range'] = [value_range.scalar(vr['min'], _I32), value_range.scalar(vr['max'], _I32)]
-  return out
-
-
-def _read_tensor(r: _Reader) -> Dict[str, Any]:
-  t = _Schema.TENSOR
-  units = []
-  for unit in r.tables(t['process_units']):
-    kind = unit.scalar(_Schema.PROCESS_UNIT['options_type'], _U8)
-    options = unit.table(_Schema.PROCESS_UNIT['options'])
-    entry = {'options_type': kind}
-    if kind == _Schema.PROCESS_UNIT_NORMALIZATION and options is not None:
-      entry['mean'] = options.numbers(_Schema.NORMALIZATION['mean'], _F32)
-      entry['std'] = options.numbers(_Schema.NORMALIZATION['std'], _F32)
-    units.append(entry)
-  stats = r.table(t['stats'])
-  return {
-      'name': r.string(t['name']), 'description': r.string(t['description']),
-      'content': _read_content(r.table(t['content'])), 'process_units': units,
-      'stats': None if stats is None else {
-          'max': stats.numbers(_Schema.STATS['max'], _F32),
-          'min': stats.numbers(_Schema.STATS['min'], _F32)},
-      'associated_files': [_read_file(f) for f in r.tables(t['associated_files'])]}
 
 
 def metadata_bytes(contents: bytes, name: str = STANDARD_METADATA_NAME) -> Optional[bytes]:
@@ -494,23 +293,9 @@ def read_standard_metadata(contents: bytes) -> Dict[str, Any]:
   buf = metadata_bytes(contents)
   if buf is None:
     raise ValueError(f'no {STANDARD_METADATA_NAME} metadata')
-  if buf[4:8] != METADATA_FILE_IDENTIFIER:
-    raise ValueError(f'{STANDARD_METADATA_NAME} is not an {METADATA_FILE_IDENTIFIER!r} '
-                     'flatbuffer')
-  root = _Reader(buf, flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, 0))
-  m, s = _Schema.MODEL, _Schema.SUBGRAPH
-  subgraphs = []
-  for sg in root.tables(m['subgraph_metadata']):
-    subgraphs.append({
-        'input_tensor_metadata': [_read_tensor(t)
-                                  for t in sg.tables(s['input_tensor_metadata'])],
-        'output_tensor_metadata': [_read_tensor(t)
-                                   for t in sg.tables(s['output_tensor_metadata'])],
-        'output_tensor_groups': [
-            {'name': g.string(_Schema.TENSOR_GROUP['name']),
-             'tensor_names': g.strings(_Schema.TENSOR_GROUP['tensor_names'])}
-            for g in sg.tables(s['output_tensor_groups'])]})
-  return {'name': root.string(m['name']), 'description': root.string(m['description']),
-          'version': root.string(m['version']), 'author': root.string(m['author']),
-          'min_parser_version': root.string(m['min_parser_version']),
-          'subgraph_metadata': subgraphs, 'files': associated_files(contents)}
+  try:
+    metadata = metadata_schema.read_model_metadata(buf)
+  except ValueError as e:
+    raise ValueError(f'{STANDARD_METADATA_NAME} is {e}') from e
+  metadata['files'] = associated_files(contents)
+  return metadata

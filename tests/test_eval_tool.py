@@ -78,33 +78,33 @@ def task_and_params(config_file):
   return task_factory.get_task(params.task), params
 
 
-def _val_dataset(task_and_params):
-  task, params = task_and_params
-  return task.build_inputs(params.task.validation_data)
+def _groundtruth_image_fn(annotation_file, to_id=lambda dataset_id: dataset_id):
+  """detect_image_fn replaying each image's own ground truth as detections (images come
+  in the annotation file's order); `to_id` maps the dataset ids it reports."""
+  with open(annotation_file, encoding='utf-8') as f:
+    data = json.load(f)
+  per_image = {i['id']: [] for i in data['images']}
+  for a in data['annotations']:
+    per_image[a['image_id']].append(a)
+  queue = [per_image[i['id']] for i in data['images']]
 
-
-def _groundtruth_detect_fn(dataset, category_map):
-  """detect_fn replaying the dataset's own ground truth, batch by batch, as detections."""
-  batches = [labels['groundtruths'] for _, labels in dataset]
-
-  def detect(images, image_info):
-    del image_info
-    gt = batches.pop(0)
-    n = int(images.shape[0])
-    classes = category_map.contiguous_of(gt['classes'].numpy()[:n])
-    return {'detection_boxes': gt['boxes'].numpy()[:n],
-            'detection_scores': np.ones(classes.shape, np.float32),
-            'detection_classes': classes,
-            'num_detections': gt['num_detections'].numpy()[:n]}
+  def detect(image):
+    del image
+    anns = queue.pop(0)
+    boxes = [[y, x, y + h, x + w] for x, y, w, h in (a['bbox'] for a in anns)]
+    return {'detection_boxes': np.array([boxes], np.float32).reshape([1, -1, 4]),
+            'detection_scores': np.ones([1, len(anns)], np.float32),
+            'detection_classes': np.array([[to_id(a['category_id']) for a in anns]],
+                                          np.int32).reshape([1, -1]),
+            'num_detections': np.array([len(anns)], np.int32)}
   return detect
 
 
-def _empty_detect_fn(images, image_info):
-  del image_info
-  n = int(images.shape[0])
-  return {'detection_boxes': np.zeros([n, 0, 4]), 'detection_scores': np.zeros([n, 0]),
-          'detection_classes': np.zeros([n, 0], np.int32),
-          'num_detections': np.zeros([n], np.int32)}
+def _empty_image_fn(image):
+  del image
+  return {'detection_boxes': np.zeros([1, 0, 4]), 'detection_scores': np.zeros([1, 0]),
+          'detection_classes': np.zeros([1, 0], np.int32),
+          'num_detections': np.zeros([1], np.int32)}
 
 
 def test_to_coco_results_dataset_ids_and_xywh():
@@ -123,10 +123,10 @@ def test_to_coco_results_dataset_ids_and_xywh():
 
 
 def test_perfect_detections_give_ap_1(task_and_params):
-  task, params = task_and_params
-  dataset = _val_dataset(task_and_params)
-  report = coco.evaluate(_groundtruth_detect_fn(dataset, task.category_map), dataset,
-                             task.category_map, params.task.validation_data.annotation_file)
+  _, params = task_and_params
+  val = params.task.validation_data
+  report = coco.evaluate_images(_groundtruth_image_fn(val.annotation_file),
+                                val.annotation_file, val.image_dir)
   assert report['num_images'] == NUM_VAL
   stats = report['stats']
   assert list(stats) == list(coco.STAT_NAMES)
@@ -157,18 +157,19 @@ def test_perfect_detections_give_ap_1(task_and_params):
 def test_contiguous_ids_instead_of_dataset_ids_lower_ap(task_and_params):
   """The trap our conversion avoids: contiguous 1..5 read as ids 1, 2, 3, 4, 5."""
   task, params = task_and_params
-  dataset = _val_dataset(task_and_params)
-  identity = CategoryMap.from_ids(range(1, len(SHAPES_IDS) + 1))
-  report = coco.evaluate(_groundtruth_detect_fn(dataset, task.category_map), dataset,
-                             identity, params.task.validation_data.annotation_file)
+  val = params.task.validation_data
+  contiguous = task.category_map.contiguous_of
+  report = coco.evaluate_images(
+      _groundtruth_image_fn(val.annotation_file, lambda i: int(contiguous([i])[0])),
+      val.annotation_file, val.image_dir)
   assert report['stats']['AP'] < 0.5  # only id 1 (circle) coincides
 
 
 def test_empty_detections_give_zero_ap(task_and_params):
-  task, params = task_and_params
-  report = coco.evaluate(_empty_detect_fn, _val_dataset(task_and_params),
-                             task.category_map, params.task.validation_data.annotation_file,
-                             max_images=6)
+  _, params = task_and_params
+  val = params.task.validation_data
+  report = coco.evaluate_images(_empty_image_fn, val.annotation_file, val.image_dir,
+                                max_images=6)
   assert report['num_images'] == 6 and report['num_detections'] == 0
   assert report['stats']['AP'] == 0.0
   for name, value in report['stats'].items():

@@ -30,6 +30,7 @@ from mnv2_det.export import tflite
 from mnv2_det.export import tflite_convert
 from mnv2_det.export import tflite_postprocess
 from mnv2_det.evaluation import coco
+from mnv2_det.inference import detector as detector_lib
 from detector_weights import spread_weights, tiny_overrides
 
 EXPERIMENT = 'ssdlite_mnv2_shapes'
@@ -127,9 +128,10 @@ def test_k_categories_with_k_plus_1_outputs_train_evaluate_and_export(shapes_run
   assert list(s['task'].category_map.dataset_ids) == SHAPES_IDS
   assert np.isfinite(float(s['logs']['loss']))
   val = s['params'].task.validation_data
-  report = coco.evaluate(
-      coco.model_detect_fn(s['model'], [INPUT, INPUT]), s['task'].build_inputs(val),
-      s['task'].category_map, val.annotation_file)
+  loaded = loading.LoadedModel(s['params'], s['task'], s['model'], s['task'].category_map,
+                               checkpoint='', model_dir='')
+  report = coco.evaluate_images(detector_lib.from_loaded(loaded).detect, val.annotation_file,
+                                val.image_dir)
   assert report['num_images'] == 2 and report['num_detections'] > 0
   assert [c['dataset_id'] for c in report['per_class']] == SHAPES_IDS
   image = _image(data_dir)

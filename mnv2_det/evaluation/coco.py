@@ -1,17 +1,13 @@
 """COCO box evaluation of any detector with pycocotools: the library behind tools/eval.py
 and the evaluation benchmarks.
 
-Two ways in, one pycocotools path out:
-  * `evaluate(detect_fn, dataset, category_map, annotation_file)` takes any
-    `detect_fn(images, image_info) -> dict` over the eval pipeline's batches (already
-    resized, normalized images) with CONTIGUOUS classes: an in-process Keras model
-    (`model_detect_fn`).
-  * `evaluate_images(detect_image_fn, annotation_file, image_dir)` feeds each ORIGINAL
-    image of the annotation file (uint8 `[h, w, 3]`, decoded as the pipeline decodes)
-    to `detect_image_fn`, which returns DATASET ids: any
-    `inference.detector.Detector` (checkpoint, SavedModel, .tflite), which resizes
-    with the same `serving_inputs.prepare_image` as the pipeline, so a checkpoint and
-    its fp32 exports score the same.
+One way in: `evaluate_images(detect_image_fn, annotation_file, image_dir)` feeds each
+ORIGINAL image of the annotation file (uint8 `[h, w, 3]`, decoded as the pipeline
+decodes) to `detect_image_fn`, which returns DATASET ids: any
+`inference.detector.Detector` (checkpoint, SavedModel, .tflite), which resizes with the
+same `serving_inputs.prepare_image` as the eval pipeline, so a checkpoint and its fp32
+exports score the same. Training-time validation uses Model Garden's COCOEvaluator;
+tests/test_coco_agreement.py shows both score the same detections alike.
 pycocotools' traps are handled (docs/reference.md, "pycocotools COCOeval facts"):
   * an empty result list makes `COCO.loadRes` raise IndexError: we build an empty
     result set instead, so every stat is 0 (or -1 where there is no ground truth);
@@ -55,27 +51,11 @@ _IOU_50 = 0
 _MIN_SECONDS = 1e-9  # guards images/s against a zero timer reading
 DETECTION_KEYS = postprocess.DETECTION_KEYS
 
-# detect_fn(images [B, H, W, 3] float32, image_info [B, 4, 2] float32) -> dict with
-# DETECTION_KEYS: boxes [B, K, 4] ORIGINAL-image pixels [ymin, xmin, ymax, xmax],
-# scores [B, K], classes [B, K] contiguous indices 1..num_classes-1, num_detections [B].
-DetectFn = Callable[[Any, Any], Mapping[str, Any]]
 # detect_image_fn(image uint8 [h, w, 3] RGB, original size) -> dict with DETECTION_KEYS
 # at batch 1: boxes [1, K, 4] original pixels [ymin, xmin, ymax, xmax], scores [1, K],
 # classes [1, K] DATASET category ids (-1 = padding / no id), num_detections [1]. The
 # `serving_default` contract of exported models (export/saved_model.py, tflite.py).
 ImageDetectFn = Callable[[np.ndarray], Mapping[str, Any]]
-
-
-def model_detect_fn(model, input_size: Sequence[int]) -> DetectFn:
-  """A tf.function over an SSDLiteModel in inference mode (input [None, H, W, 3])."""
-  h, w = int(input_size[0]), int(input_size[1])
-
-  @tf.function(input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32),
-                                tf.TensorSpec([None, 4, 2], tf.float32)])
-  def detect(images, image_info):
-    outputs = model(images, image_info=image_info, training=False)
-    return {k: outputs[k] for k in DETECTION_KEYS}
-  return detect
 
 
 def to_coco_results(source_ids, detections: Mapping[str, Any],
@@ -189,44 +169,6 @@ def _mean_valid(values):
   return float(np.mean(valid)) if valid.size else NO_GROUNDTRUTH
 
 
-def evaluate(detect_fn: DetectFn, dataset, category_map: CategoryMap,
-             annotation_file: str, max_images: Optional[int] = None,
-             detections_file: Optional[str] = None) -> Dict[str, Any]:
-  """Runs `detect_fn` over `dataset` and evaluates with pycocotools.
-
-  Args:
-    detect_fn: see DetectFn.
-    dataset: iterable of `(images [B, H, W, 3] float32, labels)` with
-      labels['image_info'] `[B, 4, 2]` and labels['source_id'] `[B]` (the SSDLite
-      task's validation pipeline).
-    category_map: contiguous index <-> dataset id table of the model.
-    annotation_file: the COCO JSON the dataset was read from.
-    max_images: evaluate only the first N images (None: all).
-    detections_file: optional path to write the COCO results JSON.
-
-  Returns:
-    dict: the `coco_evaluate` keys plus annotation_file, num_images,
-    num_detections, detect_seconds and images_per_second (detect_fn time only,
-    excluding the first batch, which includes tracing, when there are more).
-  """
-  _check_max_images(max_images)
-
-  def batches():
-    seen = 0
-    for images, labels in dataset:
-      source_ids = np.asarray(labels['source_id']).reshape([-1])
-      image_info = labels['image_info']
-      if max_images is not None:
-        keep = max_images - seen
-        if keep <= 0:
-          return
-        images, image_info, source_ids = images[:keep], image_info[:keep], source_ids[:keep]
-      seen += len(source_ids)
-      yield source_ids, lambda i=images, info=image_info: detect_fn(i, info)
-  return _run(batches(), category_map, annotation_file, detections_file,
-              max_images=max_images)
-
-
 def read_original_images(groundtruth: COCO, image_dir: str,
                          max_images: Optional[int] = None
                          ) -> Iterable[Tuple[int, np.ndarray]]:
@@ -249,64 +191,45 @@ def read_original_images(groundtruth: COCO, image_dir: str,
 def evaluate_images(detect_image_fn: ImageDetectFn, annotation_file: str,
                     image_dir: str, max_images: Optional[int] = None,
                     detections_file: Optional[str] = None) -> Dict[str, Any]:
-  """Runs `detect_image_fn` on every original image of `annotation_file`.
+  """Runs `detect_image_fn` on every original image of `annotation_file`, then COCOeval.
 
   Args:
-    detect_image_fn: see ImageDetectFn (classes are DATASET ids).
+    detect_image_fn: see ImageDetectFn (classes are DATASET ids), e.g. a
+      `inference.detector.Detector`.
     annotation_file: COCO JSON; its `images` are read from `image_dir`.
     image_dir: folder the images' `file_name`s are relative to.
     max_images: evaluate only the first N images of the file (None: all).
     detections_file: optional path to write the COCO results JSON.
 
   Returns:
-    The `evaluate` report (images_per_second per single-image call, first excluded).
+    dict: the `coco_evaluate` keys plus annotation_file, num_images,
+    images_not_evaluated (images of the file, or of its first `max_images`, that were
+    unreadable and skipped: their warnings name them; COCOeval scores the rest),
+    num_detections, detect_seconds and images_per_second (per single-image call,
+    the first, which includes tracing, excluded when there are more).
   """
-  _check_max_images(max_images)
-  groundtruth = load_groundtruth(annotation_file)
-
-  def batches():
-    for image_id, image in read_original_images(groundtruth, image_dir, max_images):
-      yield np.array([image_id]), lambda im=image: detect_image_fn(im)
-  return _run(batches(), None, annotation_file, detections_file, groundtruth,
-              max_images=max_images)
-
-
-def _check_max_images(max_images):
   if max_images is not None and max_images < 1:
     raise ValueError(f'max_images must be >= 1, got {max_images}')
-
-
-def _run(batches, category_map: Optional[CategoryMap], annotation_file: str,
-         detections_file: Optional[str], groundtruth: Optional[COCO] = None,
-         max_images: Optional[int] = None) -> Dict[str, Any]:
-  """Times each `(source_ids [B], run () -> detections)` batch, then COCOeval.
-
-  `images_not_evaluated` counts the annotation file's images (its first `max_images`)
-  that never reached the detector: unreadable files the readers skipped (their
-  warnings name them). COCOeval scores only the evaluated images.
-  """
-  if groundtruth is None:
-    groundtruth = load_groundtruth(annotation_file)
-  results, image_ids, batch_times = [], [], []
-  for source_ids, run_batch in batches:
+  groundtruth = load_groundtruth(annotation_file)
+  results, image_ids, times = [], [], []
+  for image_id, image in read_original_images(groundtruth, image_dir, max_images):
     start = time.perf_counter()
-    outputs = run_batch()
+    outputs = detect_image_fn(image)
     outputs = {k: np.asarray(outputs[k]) for k in DETECTION_KEYS}
-    batch_times.append((time.perf_counter() - start, len(source_ids)))
-    results.extend(to_coco_results(source_ids, outputs, category_map))
-    image_ids.extend(int(i) for i in source_ids)
+    times.append(time.perf_counter() - start)
+    results.extend(to_coco_results([image_id], outputs, None))
+    image_ids.append(image_id)
   if not image_ids:
-    raise ValueError(f'the dataset for {annotation_file} yielded no images (all '
-                     'unreadable? see the warnings)')
-  timed = batch_times[1:] if len(batch_times) > 1 else batch_times
-  seconds = sum(t for t, _ in timed)
+    raise ValueError(f'{annotation_file}: no image could be read from {image_dir} (see '
+                     'the warnings)')
+  timed = times[1:] if len(times) > 1 else times
   expected = len(groundtruth.dataset['images'][:max_images])
   report = {'annotation_file': annotation_file, 'num_images': len(image_ids),
             'images_not_evaluated': max(expected - len(image_ids), 0),
             'num_detections': len(results)}
   report.update(coco_evaluate(groundtruth, results, image_ids, annotation_file))
-  report['detect_seconds'] = sum(t for t, _ in batch_times)
-  report['images_per_second'] = sum(n for _, n in timed) / max(seconds, _MIN_SECONDS)
+  report['detect_seconds'] = sum(times)
+  report['images_per_second'] = len(timed) / max(sum(timed), _MIN_SECONDS)
   report['note'] = NO_GROUNDTRUTH_NOTE
   if detections_file:
     with open(detections_file, 'w', encoding='utf-8') as f:

@@ -341,6 +341,11 @@ def test_tfrecords_give_the_same_eval_elements(shapes_data, tmp_path):
     np.testing.assert_array_equal(lab_a['groundtruths'][key], lab_b['groundtruths'][key])
   np.testing.assert_allclose(lab_a['groundtruths']['boxes'],
                              lab_b['groundtruths']['boxes'], atol=1e-3)
+  # DataConfig.dtype reaches the TFRecord pipeline too.
+  (img_c, _), = _collect(input_pipeline.build_dataset_from_tfrecords(
+      record_path, cmap, dtype='bfloat16', **kwargs))
+  assert img_c.dtype == tf.bfloat16.as_numpy_dtype
+  np.testing.assert_allclose(img_c.astype(np.float32), img_b, atol=2.0 ** -8)
 
 
 def test_argument_errors(shapes_data):
@@ -409,11 +414,34 @@ def test_shuffle_buffer_size_is_honoured(shapes_data):
 
 @pytest.mark.parametrize('field,value', [('shuffle_buffer_size', 0),
                                          ('shuffle_buffer_size', -5),
-                                         ('drop_remainder', 'no')])
+                                         ('drop_remainder', 'no'),
+                                         ('dtype', 'float64'),
+                                         ('dtype', 'int8'),
+                                         ('dtype', 'bf16')])
 def test_bad_data_config_fields_name_the_field(shapes_data, field, value):
   task, data = _data_config(shapes_data, 'train', **{field: value})
   with pytest.raises(ValueError, match=field):
     task.build_inputs(data)
+
+
+def _first_batch(shapes_data, split, **fields):
+  task, data = _data_config(shapes_data, split, global_batch_size=3, seed=0, **fields)
+  return _collect(task.build_inputs(data), 1)[0]
+
+
+@pytest.mark.parametrize('split', ['train', 'val'])
+@pytest.mark.parametrize('dtype,np_dtype', [('float32', np.float32),
+                                            ('bfloat16', tf.bfloat16.as_numpy_dtype),
+                                            ('float16', np.float16)])
+def test_dtype_is_the_image_dtype(shapes_data, split, dtype, np_dtype):
+  images, labels = _first_batch(shapes_data, split, dtype=dtype)
+  assert images.dtype == np_dtype
+  reference, reference_labels = _first_batch(shapes_data, split)  # default float32
+  assert reference.dtype == np.float32
+  # The same pixels, rounded once (bfloat16 keeps 8 significant bits: 2**-8 in [-1, 1]).
+  np.testing.assert_allclose(images.astype(np.float32), reference, atol=2.0 ** -8)
+  assert labels['image_info'].dtype == np.float32  # labels keep their dtypes
+  np.testing.assert_array_equal(labels['source_id'], reference_labels['source_id'])
 
 
 def test_shipped_configs_keep_full_shuffles_and_complete_evaluation():
@@ -425,6 +453,9 @@ def test_shipped_configs_keep_full_shuffles_and_complete_evaluation():
   coco_task = exp_factory.get_exp_config('ssdlite_mnv2_coco').task
   assert coco_task.train_data.shuffle_buffer_size >= experiments.COCO_TRAIN_EXAMPLES
   assert ssdlite_cfg.SSDLiteTask().validation_data.drop_remainder is False
+  for data in (shapes_task.train_data, shapes_task.validation_data,
+               coco_task.train_data, coco_task.validation_data):
+    assert data.dtype == 'float32'
 
 
 # ---------------------------------------------------------------- augment.py

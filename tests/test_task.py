@@ -128,3 +128,92 @@ def test_losses_are_named_and_add_up(data_dir):
   # The regularization term is the layers' L2 (slim preset + head + extra layers).
   np.testing.assert_allclose(float(losses['regularization_loss']),
                              float(tf.add_n(model.losses)), rtol=1e-6)
+
+
+# --------------------------------------------- config fields the builder honours
+
+# Distinct per-part decays, so the hand sums can tell which value reached which kernel.
+PART_DECAYS = {'backbone': 1e-4, 'feature_maps': 2e-4, 'head': 3e-4}
+L2_WEIGHT_DECAY = 1e-3
+
+
+def _conv_kernels(layer):
+  """Conv kernels of `layer` (not depthwise kernels, biases or BN)."""
+  return [v.numpy().astype(np.float64) for v in layer.trainable_variables
+          if v.name.endswith('/kernel:0')]
+
+
+def _l2_loss(kernels):
+  return sum(float((k ** 2).sum()) / 2.0 for k in kernels)  # tf.nn.l2_loss, summed
+
+
+def test_l2_weight_decay_replaces_the_per_part_decay_in_regularization_loss(data_dir):
+  params = _params(data_dir)
+  params.override({'task': {'model': {
+      'backbone': {'mnv2_det': {'weight_decay': PART_DECAYS['backbone']}},
+      'feature_map_weight_decay': PART_DECAYS['feature_maps'],
+      'head': {'weight_decay': PART_DECAYS['head']}}}}, is_strict=True)
+  assert params.task.losses.l2_weight_decay == 0.0  # the shipped default
+  task = task_factory.get_task(params.task)
+  model = task.build_model()
+  images, labels = next(iter(task.build_inputs(params.task.train_data)))
+  outputs = model(images, training=False)
+
+  def regularization(task, model):
+    return float(task.build_losses(outputs, labels, model.losses)['regularization_loss'])
+
+  parts = {'backbone': model.backbone, 'feature_maps': model.feature_maps,
+           'head': model.head}
+  sums = {name: _l2_loss(_conv_kernels(layer)) for name, layer in parts.items()}
+  assert all(s > 0 for s in sums.values())
+  # 0.0: the per-part slim decays, wd * l2_loss(w) on each part's conv kernels.
+  per_part = sum(PART_DECAYS[name] * s for name, s in sums.items())
+  np.testing.assert_allclose(regularization(task, model), per_part, rtol=1e-5)
+
+  params.task.losses.l2_weight_decay = L2_WEIGHT_DECAY
+  l2_task = task_factory.get_task(params.task)
+  l2_model = l2_task.build_model()
+  l2_model.set_weights(model.get_weights())
+  # > 0: one decay for every conv kernel, in place of the per-part values (MG's
+  # l2_regularizer = l2(l2_weight_decay / 2) on every builder).
+  by_hand = L2_WEIGHT_DECAY * sum(sums.values())
+  got = regularization(l2_task, l2_model)
+  np.testing.assert_allclose(got, by_hand, rtol=1e-5)
+  np.testing.assert_allclose(got - regularization(task, model), by_hand - per_part,
+                             rtol=1e-4)
+  # The sums leave depthwise kernels out (slim: regularize_depthwise False); they
+  # would add far more than the tolerance.
+  depthwise = _l2_loss([v.numpy().astype(np.float64) for v in l2_model.trainable_variables
+                        if 'depthwise_kernel' in v.name])
+  assert L2_WEIGHT_DECAY * depthwise > 1e-3 * by_hand
+
+
+def test_negative_l2_weight_decay_names_the_field(data_dir):
+  params = _params(data_dir)
+  params.task.losses.l2_weight_decay = -1e-4
+  with pytest.raises(ValueError, match=r'task\.losses\.l2_weight_decay'):
+    task_factory.get_task(params.task).build_model()
+
+
+@pytest.mark.parametrize('activation', ['relu', 'hard_swish', 'swish'])
+def test_an_activation_other_than_relu6_names_the_field(data_dir, activation):
+  params = _params(data_dir)
+  params.task.model.norm_activation.activation = activation
+  with pytest.raises(ValueError,
+                     match=r"task\.model\.norm_activation\.activation must be 'relu6'"):
+    task_factory.get_task(params.task).build_model()
+
+
+def test_train_step_on_bfloat16_images_under_mixed_bfloat16(data_dir):
+  params = _params(data_dir)
+  params.task.train_data.dtype = 'bfloat16'
+  performance.set_mixed_precision_policy('bfloat16')
+  try:
+    task = task_factory.get_task(params.task)
+    images, _ = next(iter(task.build_inputs(params.task.train_data)))
+    assert images.dtype == tf.bfloat16
+    model, _, logs, before = _one_step(params)
+    assert all(np.isfinite(float(v)) for v in logs.values())
+    assert not np.allclose(model.backbone.get_layer('Conv1').kernel.numpy(), before)
+  finally:
+    tf_keras.mixed_precision.set_global_policy('float32')

@@ -65,8 +65,11 @@ class SSDLite(hyperparams.Config):
 
   `num_classes` counts background (index 0), as Model Garden's RetinaNet: 91 for COCO's
   ids 1..90, 81 for the paper's 80 classes + background.
-  `norm_momentum`/`norm_epsilon` apply to the extra layers and the head (OD API 0.9997 /
-  1e-3); the backbone takes its own from its preset unless set there.
+  `norm_activation`: `norm_momentum`/`norm_epsilon` apply to the extra layers and the
+  head (OD API 0.9997 / 1e-3); the backbone takes its own from its preset unless set
+  there. `use_sync_bn` applies to all three. `activation` must be 'relu6': ReLU6 is part
+  of the MobileNetV2 / SSDLite architecture and of the OD API checkpoints, so the
+  builder rejects any other value (ValueError) rather than ignore it.
   """
   num_classes: int = 91
   input_size: List[int] = dataclasses.field(default_factory=lambda: [320, 320, 3])
@@ -105,6 +108,9 @@ class DataConfig(cfg.DataConfig):
   images (>= the image count: a full shuffle; a COCO JSON source holds paths and
   annotations, TFRecords hold encoded images). `drop_remainder` drops a last short
   batch (static batch size); evaluation data wants False, so every image is scored.
+  `dtype` is the dtype of the images the pipeline returns: 'float32', 'bfloat16' or
+  'float16' (Model Garden's parsers; e.g. 'bfloat16' with runtime.mixed_precision_dtype
+  'bfloat16'); labels keep theirs.
   """
   annotation_file: str = ''
   image_dir: str = ''
@@ -119,9 +125,15 @@ class DataConfig(cfg.DataConfig):
 class Losses(hyperparams.Config):
   """`classification`: 'sigmoid_hem' (OD API default) or 'focal' (alpha 0.25, gamma 2).
 
-  Weight decay lives with the layers (backbone preset, head and feature-map settings) and
-  reaches the loss through `model.losses`; `l2_weight_decay` stays 0 so nothing is counted
-  twice.
+  Weight decay lives with the layers and reaches the loss through `model.losses`
+  (`regularization_loss`): L2 on conv kernels, none on depthwise kernels (slim), set
+  per part by `model.backbone.mnv2_det` (preset / weight_decay),
+  `model.feature_map_weight_decay` and `model.head.weight_decay`.
+  `l2_weight_decay` is Model Garden's one knob for all of them: 0 (default) keeps the
+  per-part values; > 0 REPLACES them: every conv kernel w of backbone, extra layers and
+  head then adds `l2_weight_decay * tf.nn.l2_loss(w)` (depthwise kernels only with
+  `regularize_depthwise`), as MG's RetinaNet passes `l2(l2_weight_decay / 2)` to its
+  builders (and as the mnv2_det backbone builder treats it in MG's own tasks).
   """
   classification: str = 'sigmoid_hem'
   classification_weight: float = 1.0

@@ -1,8 +1,9 @@
 """tf.data input pipeline for SSD detection: decode, augment, resize, label.
 
 One element of the batched dataset is `(images, labels)`:
-  images: `[B, H, W, 3]` float32 in [-1, 1] ((2/255)·x − 1,
-    docs/reference.md, "Preprocessing");
+  images: `[B, H, W, 3]` in [-1, 1] ((2/255)·x − 1,
+    docs/reference.md, "Preprocessing"), of the `dtype` argument: float32
+    (default), bfloat16 or float16 (cast last, as Model Garden's parsers do);
     'keep_aspect' padding (bottom/right) is 0 after normalization.
   labels: dict with
     every key the injected `anchor_labeler` returns, batched;
@@ -59,6 +60,15 @@ _SEED_RANGE = 2**31 - 1
 TARGET_KEYS = ('cls_targets', 'box_targets', 'positive_mask', 'matched_gt_index')
 
 AnchorLabeler = Callable[[tf.Tensor, tf.Tensor], Dict[str, tf.Tensor]]
+# DataConfig.dtype values -> image dtypes (Model Garden's parsers take the same three).
+IMAGE_DTYPES = {'float32': tf.float32, 'bfloat16': tf.bfloat16, 'float16': tf.float16}
+
+
+def image_dtype(dtype: str) -> tf.DType:
+  """The tf.DType of a DataConfig `dtype` string; ValueError naming `dtype` otherwise."""
+  if not isinstance(dtype, str) or dtype not in IMAGE_DTYPES:
+    raise ValueError(f'dtype must be one of {sorted(IMAGE_DTYPES)}, got {dtype!r}')
+  return IMAGE_DTYPES[dtype]
 
 
 def make_anchor_labeler(assign_fn: Callable, anchors) -> AnchorLabeler:
@@ -106,10 +116,13 @@ class Parser:
                anchor_labeler: Optional[AnchorLabeler] = None,
                resize_mode: str = 'fixed',
                max_num_instances: int = DEFAULT_MAX_NUM_INSTANCES,
-               random_crop: bool = True, random_flip: bool = True):
+               random_crop: bool = True, random_flip: bool = True,
+               dtype: str = 'float32'):
     """`augment_images` turns augmentation on; `random_crop` (SSD random crop) and
-    `random_flip` (horizontal) choose which."""
+    `random_flip` (horizontal) choose which. `dtype`: of the returned image (see
+    IMAGE_DTYPES)."""
     self._output_size = preprocess.validate_resize(resize_mode, output_size)
+    self._dtype = image_dtype(dtype)
     self._random_crop = random_crop
     self._random_flip = random_flip
     if max_num_instances < 1:
@@ -140,6 +153,7 @@ class Parser:
     image, size = preprocess.resize_and_pad(image, self._output_size,
                                             self._resize_mode)
     boxes = preprocess.boxes_to_output_frame(boxes, size, self._output_size)
+    image = tf.cast(image, self._dtype)
     num_gt = tf.minimum(tf.shape(classes)[0], self._max)
     labels = {
         'image_info': preprocess.image_info(original_hw, crop_begin, crop_hw, size),
@@ -277,8 +291,8 @@ def build_dataset_from_coco(coco: coco_reader.CocoDataset, is_training: bool,
                             drop_remainder: Optional[bool] = None,
                             input_context: Optional[tf.distribute.InputContext] = None,
                             random_crop: bool = True, random_flip: bool = True,
-                            shuffle_buffer_size: Optional[int] = None
-                            ) -> tf.data.Dataset:
+                            shuffle_buffer_size: Optional[int] = None,
+                            dtype: str = 'float32') -> tf.data.Dataset:
   """Pipeline over an already read CocoDataset; arguments as build_dataset."""
   if not coco.records:
     raise ValueError(f'{coco.annotation_file}: no usable images (skipped '
@@ -286,7 +300,7 @@ def build_dataset_from_coco(coco: coco_reader.CocoDataset, is_training: bool,
   parser = _make_parser(output_size, coco.category_map, is_training, augment_images,
                         include_groundtruths, anchor_labeler=anchor_labeler,
                         resize_mode=resize_mode, max_num_instances=max_num_instances,
-                        random_crop=random_crop, random_flip=random_flip)
+                        random_crop=random_crop, random_flip=random_flip, dtype=dtype)
   dataset = tf.data.Dataset.from_tensor_slices(_record_slices(coco.records))
   if shuffle_buffer_size is None:
     shuffle_buffer_size = len(coco.records)
@@ -328,7 +342,8 @@ def build_dataset(annotation_file: str, image_dir: str, is_training: bool,
       input_context (a tf.distribute.InputContext: shard per input pipeline),
       random_crop / random_flip (which augmentations run when augmenting),
       shuffle_buffer_size (elements of the shuffle buffer; None: every image, a
-      full shuffle, cheap here since elements are paths + annotations).
+      full shuffle, cheap here since elements are paths + annotations), dtype
+      (of the images: 'float32' (default), 'bfloat16' or 'float16').
 
   Returns:
     tf.data.Dataset of `(images, labels)`; see the module docstring.
@@ -350,16 +365,18 @@ def build_dataset_from_tfrecords(file_pattern: str, category_map: CategoryMap,
                                  augment_images: Optional[bool] = None,
                                  include_groundtruths: Optional[bool] = None,
                                  random_crop: bool = True, random_flip: bool = True,
+                                 dtype: str = 'float32',
                                  **kwargs) -> tf.data.Dataset:
   """Same pipeline over Model Garden TFRecords (labels are dataset category ids).
 
-  `shuffle_buffer_size` counts serialized examples (encoded images) held in memory.
+  `shuffle_buffer_size` counts serialized examples (encoded images) held in memory;
+  `dtype` is the images' as build_dataset.
   `kwargs`: repeat, shuffle, deterministic, drop_remainder as build_dataset.
   """
   parser = _make_parser(output_size, category_map, is_training, augment_images,
                         include_groundtruths, anchor_labeler=anchor_labeler,
                         resize_mode=resize_mode, max_num_instances=max_num_instances,
-                        random_crop=random_crop, random_flip=random_flip)
+                        random_crop=random_crop, random_flip=random_flip, dtype=dtype)
   dataset = tf.data.TFRecordDataset(tfrecord_reader.list_files(file_pattern))
   return _assemble(dataset, tfrecord_reader.make_decode_fn(category_map), parser,
                    batch_size, shuffle_buffer_size, is_training, seed, **kwargs)

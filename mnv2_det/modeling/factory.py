@@ -54,14 +54,28 @@ def build_anchors(model_config: ssdlite_cfg.SSDLite) -> np.ndarray:
       tf.constant(padded_frame), input_hw, list(size)).numpy().astype(np.float32)
 
 
+# The one activation of the layers (backbone, extra layers, head): ReLU6 by architecture.
+ACTIVATION = 'relu6'
+
+
 def build_ssdlite_model(model_config: ssdlite_cfg.SSDLite, input_specs=None,
-                        num_real_classes=None) -> SSDLiteModel:
+                        num_real_classes=None, l2_weight_decay: float = 0.0
+                        ) -> SSDLiteModel:
   """Builds the detector from `model_config` (weights of the backbone loaded if set).
 
   `num_real_classes`: K of the dataset's category table (contiguous 1..K have a dataset
   id); the head keeps `num_classes` outputs, but post-processing never detects the
   tail classes past K. None: all `num_classes - 1`.
+  `l2_weight_decay`: the task's `losses.l2_weight_decay`; > 0 replaces the weight
+  decay of backbone, extra layers and head (see configs/ssdlite.Losses).
   """
+  activation = model_config.norm_activation.activation
+  if activation != ACTIVATION:
+    raise ValueError(f'task.model.norm_activation.activation must be {ACTIVATION!r} '
+                     '(MobileNetV2 / SSDLite and the OD API checkpoints use ReLU6 '
+                     f'throughout); got {activation!r}')
+  if not l2_weight_decay >= 0:
+    raise ValueError(f'task.losses.l2_weight_decay must be >= 0, got {l2_weight_decay!r}')
   if num_real_classes is not None and not 1 <= num_real_classes < model_config.num_classes:
     raise ValueError(f'{num_real_classes} categories need task.model.num_classes >= '
                      f'{num_real_classes + 1} ({num_real_classes} + background at index '
@@ -73,15 +87,19 @@ def build_ssdlite_model(model_config: ssdlite_cfg.SSDLite, input_specs=None,
   if input_specs is None:
     input_specs = tf_keras.layers.InputSpec(shape=[None] + list(model_config.input_size))
   norm = model_config.norm_activation
+  # Model Garden's l2_regularizer (RetinaNetTask.build_model); the backbone builder
+  # takes it as its weight decay.
+  l2_regularizer = (tf_keras.regularizers.l2(l2_weight_decay / 2.0) if l2_weight_decay
+                    else None)
   backbone = backbone_factory.build_backbone(
       input_specs=input_specs, backbone_config=model_config.backbone,
-      norm_activation_config=norm)
+      norm_activation_config=norm, l2_regularizer=l2_regularizer)
   fm = model_config.feature_maps
   feature_maps = SSDFeatureMaps(
       layer_depths=fm.layer_depths,
       depth_multiplier=model_config.backbone.mnv2_det.depth_multiplier,
       min_depth=fm.min_depth, use_depthwise=fm.use_depthwise,
-      weight_decay=model_config.feature_map_weight_decay,
+      weight_decay=l2_weight_decay or model_config.feature_map_weight_decay,
       init_stddev=model_config.feature_map_init_stddev,
       bn_momentum=norm.norm_momentum, bn_epsilon=norm.norm_epsilon,
       use_sync_bn=norm.use_sync_bn, name='ssd_feature_maps')
@@ -90,7 +108,8 @@ def build_ssdlite_model(model_config: ssdlite_cfg.SSDLite, input_specs=None,
       levels=[str(anchor_ops.FIRST_LEVEL + i) for i in range(model_config.anchor.num_layers)],
       num_anchors_per_location=anchors_per_location(model_config),
       num_classes=model_config.num_classes, kernel_size=head_cfg.kernel_size,
-      init_stddev=head_cfg.init_stddev, weight_decay=head_cfg.weight_decay,
+      init_stddev=head_cfg.init_stddev,
+      weight_decay=l2_weight_decay or head_cfg.weight_decay,
       class_prior_prob=head_cfg.class_prior_prob, bn_momentum=norm.norm_momentum,
       bn_epsilon=norm.norm_epsilon, use_sync_bn=norm.use_sync_bn, name='ssdlite_head')
   model = SSDLiteModel(

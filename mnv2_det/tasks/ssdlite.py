@@ -58,9 +58,11 @@ class SSDLiteTask(base_task.Task):
   # ----------------------------------------------------------------- model
   def build_model(self) -> tf_keras.Model:
     """The detector; it detects only the K classes of the category table (contiguous
-    1..K): tail outputs past K (num_classes > K + 1) have no dataset id."""
-    return factory.build_ssdlite_model(self.task_config.model,
-                                       num_real_classes=self._num_real_classes())
+    1..K): tail outputs past K (num_classes > K + 1) have no dataset id.
+    `losses.l2_weight_decay` > 0 is the weight decay of every part (configs.Losses)."""
+    return factory.build_ssdlite_model(
+        self.task_config.model, num_real_classes=self._num_real_classes(),
+        l2_weight_decay=self.task_config.losses.l2_weight_decay)
 
   def _num_real_classes(self) -> Optional[int]:
     """K of the category table, or None (all num_classes - 1) when no annotation file
@@ -154,7 +156,7 @@ class SSDLiteTask(base_task.Task):
         output_size=self.task_config.model.input_size[:2],
         anchor_labeler=self.anchor_labeler(), resize_mode=params.parser.resize_mode,
         max_num_instances=params.parser.max_num_instances, seed=params.seed,
-        shuffle_buffer_size=params.shuffle_buffer_size,
+        shuffle_buffer_size=params.shuffle_buffer_size, dtype=params.dtype,
         drop_remainder=params.drop_remainder, input_context=input_context,
         augment_images=params.is_training and (params.parser.aug_random_flip or
                                                params.parser.aug_ssd_random_crop),
@@ -247,8 +249,10 @@ class SSDLiteTask(base_task.Task):
     }
     logs[self.coco_metric.name] = (labels['groundtruths'], predictions)
     if self.task_config.allow_image_summary:
-      logs['visualization'] = (images[:VISUALIZED_IMAGES], self._input_frame_detections(
-          outputs, labels['image_info']))
+      # float32 whatever validation_data.dtype, for the drawing.
+      logs['visualization'] = (
+          tf.cast(images[:VISUALIZED_IMAGES], tf.float32),
+          self._input_frame_detections(outputs, labels['image_info']))
     return logs
 
   def _input_frame_detections(self, outputs, image_info):

@@ -62,12 +62,13 @@ def _override(params, source, what):
 def unaugmented_train_data(params, global_batch_size: Optional[int] = None):
   """task.train_data with augmentation off (no flip, no SSD crop) and a fixed shuffle
   seed (train_data.seed, else UNAUGMENTED_SEED): the training images as the model
-  sees them at inference, for BN audits / recalibration and int8 calibration."""
+  sees them at inference (float32), for BN audits / recalibration and int8
+  calibration."""
   train = params.task.train_data
   return train.replace(
       parser=train.parser.replace(aug_random_flip=False, aug_ssd_random_crop=False),
       seed=UNAUGMENTED_SEED if train.seed is None else train.seed,
-      global_batch_size=global_batch_size or train.global_batch_size)
+      global_batch_size=global_batch_size or train.global_batch_size, dtype='float32')
 
 
 def optional_int(value: Optional[int], name: str, minimum: int = 1) -> Optional[int]:

@@ -83,9 +83,9 @@ INT8_LOGIT_CLIP = 10.0
 INT8_BOX_CODE_CLIP = 12.0
 # int8 only. The uint8 input must mean pixel values (scale 1, zero point 0): MediaPipe
 # and the Task Library feed raw uint8 pixels. Calibrated from the representative
-# images alone, the input range is theirs (e.g. max 246 gives scale 0.9645, and
-# MediaPipe's detections then differ from the model's); a fake-quant op pins it.
-INPUT_PIXEL_RANGE = (0.0, 255.0)
+# images alone, the input's scale is their range (max 246 gives 0.9645, and MediaPipe's
+# detections then differ from the model's). `pixel_input_quantization` rewrites it.
+PIXEL_INPUT_QUANTIZATION = (1.0, 0)
 TFLITE_BATCH_SIZE = 1
 
 
@@ -103,10 +103,9 @@ class TFLiteGraph(tf.Module):
 
   def __init__(self, model, input_size: Sequence[int], num_classes: int,
                postprocess_config: tflite_postprocess.PostProcessConfig,
-               clip_outputs: bool = False, pin_input_range: bool = False):
+               clip_outputs: bool = False):
     super().__init__(name='ssdlite_tflite')
     self._clip_outputs = clip_outputs
-    self._pin_input_range = pin_input_range
     self.model_variables = list(model.variables)
     self._model_raw_outputs = model.raw_outputs
     self._input_size = [int(s) for s in input_size[:2]]
@@ -127,12 +126,8 @@ class TFLiteGraph(tf.Module):
 
     `SSDLiteModel.raw_outputs` (inference mode, no TF post-processing) flattened in
     anchor order; with `clip_outputs`, each level's logits and box codes clipped first
-    (INT8_LOGIT_CLIP); with `pin_input_range`, the input range fixed at
-    INPUT_PIXEL_RANGE (uint8 scale 1, zero point 0).
+    (INT8_LOGIT_CLIP).
     """
-    if self._pin_input_range:
-      pixels = tf.quantization.fake_quant_with_min_max_args(
-          pixels, min=INPUT_PIXEL_RANGE[0], max=INPUT_PIXEL_RANGE[1], num_bits=8)
     images = preprocess.normalize_image(pixels)
     cls_outputs, box_outputs = self._model_raw_outputs(images, training=False)
     if self._clip_outputs:
@@ -230,7 +225,37 @@ def convert(graph: TFLiteGraph, quant: str,
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.uint8
     # Outputs stay float32: DEQUANTIZE ops feed the float custom op.
+    return pixel_input_quantization(converter.convert())
   return converter.convert()
+
+
+def pixel_input_quantization(tflite_model: bytes) -> bytes:
+  """The int8 model with its uint8 input quantized as pixel values
+  (PIXEL_INPUT_QUANTIZATION).
+
+  The converter feeds the uint8 input to a QUANTIZE op (uint8 -> the int8 of the first
+  layer), which requantizes with both tensors' parameters; so with the input's
+  parameters set to scale 1, zero point 0 a pixel value p means p, and the int8 tensor
+  after it is unchanged for every p in the calibrated range (above it, it saturates
+  at the range's top, as before).
+
+  Raises:
+    ValueError: the input is not read by QUANTIZE ops only (nothing is rewritten).
+  """
+  model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite_model))
+  graph = model.subgraphs[0]
+  (index,) = graph.inputs
+  quantize = [k for k, code in enumerate(model.operatorCodes)
+              if max(code.builtinCode, code.deprecatedBuiltinCode) ==
+              schema_fb.BuiltinOperator.QUANTIZE]
+  readers = [op for op in graph.operators if index in list(op.inputs)]
+  if not readers or any(op.opcodeIndex not in quantize for op in readers):
+    raise ValueError('int8 export: the uint8 input is not read by QUANTIZE ops only; '
+                     'cannot set its quantization to pixel values')
+  scale, zero_point = PIXEL_INPUT_QUANTIZATION
+  graph.tensors[index].quantization.scale = [scale]
+  graph.tensors[index].quantization.zeroPoint = [zero_point]
+  return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def add_metadata(tflite_model: bytes, info: Dict) -> bytes:
@@ -256,7 +281,7 @@ def tflite_detector_bytes(params, model, category_map: CategoryMap, quant: str,
   post = postprocess_config(params, use_regular_nms,
                             num_real_classes=loading.num_real_classes(params, category_map))
   graph = TFLiteGraph(model, params.task.model.input_size, params.task.model.num_classes,
-                      post, clip_outputs=quant == 'int8', pin_input_range=quant == 'int8')
+                      post, clip_outputs=quant == 'int8')
   tflite_model = convert(graph, quant, representative)
   info = saved_model.detector_info(
       params, category_map, format=METADATA_FORMAT, version=METADATA_VERSION,

@@ -11,7 +11,6 @@ import sys
 from typing import Any, Callable
 
 from mnv2_det.core import checkpoints
-from mnv2_det.core import params as params_lib
 from mnv2_det.core.errors import ERROR_EXIT_CODE
 
 
@@ -38,14 +37,6 @@ def argument_parser(description: str,
   parser.add_argument('--checkpoint', required=checkpoint_required,
                       help='checkpoint prefix, or a model_dir (latest ckpt + params.yaml)')
   return parser
-
-
-def params_and_checkpoint(args):
-  """(params, checkpoint prefix) from parsed argument_parser flags."""
-  prefix, params_file = checkpoints.resolve_checkpoint(args.checkpoint, args.best)
-  params = params_lib.build_params(args.experiment, params_file, args.config_file,
-                                   args.params_override)
-  return params, prefix
 
 
 def run_cli(fn: Callable[[], Any]) -> int:

@@ -20,9 +20,9 @@ import numpy as np
 import tensorflow as tf
 
 from mnv2_det.export import serving_inputs
-from mnv2_det.data import image_files
+from mnv2_det.data import image_files as image_files_lib
 
-IMAGE_EXTENSIONS = image_files.IMAGE_EXTENSIONS
+IMAGE_EXTENSIONS = image_files_lib.IMAGE_EXTENSIONS
 DEFAULT_SEED = 0
 
 
@@ -59,7 +59,7 @@ def folder_images(folder: str, input_size, resize_mode: str, num_images: int,
     if len(images) == num_images:
       break
     try:
-      image = image_files.read_image(path)
+      image = image_files_lib.read_image(path)
       if min(image.shape[:2]) < 1:
         raise ValueError('image has no pixels')
     except ValueError as e:

@@ -190,6 +190,11 @@ def run_experiment(params, model_dir: str, mode: str):
     train_utils.serialize_config(params, model_dir)
   if params.runtime.mixed_precision_dtype:
     performance.set_mixed_precision_policy(params.runtime.mixed_precision_dtype)
+  if (params.runtime.mixed_precision_dtype == 'bfloat16' and
+      os.environ.get('TF_ENABLE_ONEDNN_OPTS') != '0'):
+    logging.warning('bfloat16 with oneDNN: on AVX512-BF16 / AMX CPUs its depthwise '
+                    'gradients on 1x1 maps came out NaN in about half of our short runs '
+                    '(TF 2.20); set TF_ENABLE_ONEDNN_OPTS=0 if the weights turn NaN')
   strategy = distribute_utils.get_distribution_strategy(
       distribution_strategy=params.runtime.distribution_strategy,
       all_reduce_alg=params.runtime.all_reduce_alg,

@@ -25,6 +25,17 @@ def test_default_options_do_not_deselect_slow_tests():
   assert not any('slow' in a for a in addopts)
 
 
+def test_two_workers_keep_each_file_together():
+  """`python -m pytest -q tests` runs on 2 xdist workers, a test file per worker, so a
+  module's fixtures (trained models, exports) are built once."""
+  config = configparser.ConfigParser()
+  config.read(os.path.join(ROOT, 'setup.cfg'))
+  addopts = shlex.split(config.get('tool:pytest', 'addopts', fallback=''))
+  assert addopts[addopts.index('-n') + 1] == '2' and '--dist' in addopts
+  assert addopts[addopts.index('--dist') + 1] == 'loadfile'
+  assert 'pytest-xdist' in config.get('options.extras_require', 'test')
+
+
 @pytest.mark.parametrize('module', SLOW_MODULES)
 def test_end_to_end_modules_are_marked_slow(module):
   imported = importlib.import_module(module)

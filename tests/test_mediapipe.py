@@ -215,7 +215,6 @@ def test_mediapipe_detections_equal_tflite_detector(run, index):
       scaled = [(b * 0.9, name, s) for b, name, s in ours]
       assert _compare(scaled, detections, image_hw)[0]
   # Labels: the shapes model's category names, one line per op class.
-  info = tflite.TFLiteDetector(case['path']).info
   assert case['files'] == {checks.LABEL_FILE: ''.join(n + '\n' for n in info['class_names'])}
   assert {c['name'] for d in case['detections'][0] for c in d['categories']} <= set(
       info['class_names'])

@@ -43,14 +43,20 @@ def resolve_checkpoint(path: str, best: bool = False) -> Tuple[str, Optional[str
     if not prefix:
       raise ValueError(f'{folder} holds no checkpoint (no "checkpoint" index file)')
   elif tf.io.gfile.exists(path + '.index'):
-    prefix, folder = path, os.path.dirname(os.path.abspath(path))
-    model_dir = (os.path.dirname(folder) if os.path.basename(folder) == BEST_CKPT_SUBDIR
-                 else folder)
+    prefix, model_dir = path, model_dir_of(path)
   else:
     raise ValueError(f'checkpoint {path} does not exist (neither a folder nor a '
                      f'checkpoint prefix with {path}.index)')
   params_file = os.path.join(model_dir, PARAMS_FILE)
   return prefix, (params_file if tf.io.gfile.exists(params_file) else None)
+
+
+def model_dir_of(prefix: str) -> str:
+  """The model dir of a checkpoint prefix (`run/ckpt-5` or `run/best_ckpt/ckpt-5`)."""
+  folder = os.path.dirname(os.path.abspath(prefix))
+  if os.path.basename(folder) == BEST_CKPT_SUBDIR:
+    return os.path.dirname(folder)
+  return folder
 
 
 def model_variable_keys(prefix: str) -> Dict[Tuple[str, ...], str]:

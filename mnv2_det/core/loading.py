@@ -10,7 +10,6 @@ The category table comes from the model dir's categories.json when it has one
 """
 
 import dataclasses
-import os
 from typing import Optional, Sequence
 
 import tensorflow as tf
@@ -46,14 +45,6 @@ class LoadedModel:
   model_dir: str
 
 
-def model_dir_of(prefix: str) -> str:
-  """The model dir of a checkpoint prefix (`run/ckpt-5` or `run/best_ckpt/ckpt-5`)."""
-  folder = os.path.dirname(os.path.abspath(prefix))
-  if os.path.basename(folder) == checkpoints.BEST_CKPT_SUBDIR:
-    return os.path.dirname(folder)
-  return folder
-
-
 def build_task(params, model_dir: Optional[str] = None):
   """The task of `params`; its category table is `model_dir`'s categories.json when
   that exists."""
@@ -67,7 +58,7 @@ def build_task(params, model_dir: Optional[str] = None):
 def load_task_and_model(params, prefix: str):
   """Builds the task and its model from `params` (category table: the prefix's model
   dir's categories.json if any) and restores `prefix` into it."""
-  task = build_task(params, model_dir_of(prefix))
+  task = build_task(params, checkpoints.model_dir_of(prefix))
   model = task.build_model()
   checkpoints.restore_model(model, prefix)
   return task, model
@@ -93,7 +84,7 @@ def load_model(checkpoint: str, experiment: Optional[str] = None,
   """
   prefix, params_file = checkpoints.resolve_checkpoint(checkpoint, best)
   params = params_lib.build_params(experiment, params_file, config_files, params_override)
-  model_dir = model_dir_of(prefix)
+  model_dir = checkpoints.model_dir_of(prefix)
   task, model = load_task_and_model(params, prefix)
   return LoadedModel(params=params, task=task, model=model,
                      category_map=category_map_of(task), checkpoint=prefix,

@@ -103,24 +103,17 @@ def slim_variable_name(layer_name: str, weight_name: str, root: str = 'Mobilenet
 
 def load_backbone_weights(backbone: tf_keras.Model, path: str,
                           slim_root: Optional[str] = None) -> Dict[str, object]:
-  """Loads local MobileNetV2 weights into `backbone` (all of its variables, atomically).
+  """Loads local MobileNetV2 weights into every variable of `backbone`, atomically.
 
-  Args:
-    backbone: a built `MobileNetV2Backbone` (or any model with keras.applications
-      MobileNetV2 layer names); possibly truncated, in which case only its layers are read.
-    path: a `.h5` file, a checkpoint prefix (or its `.index`/`.data-*` file), or a directory
-      holding a checkpoint (its latest is used). Local paths only.
-    slim_root: for TF1 checkpoints holding several MobileNetV2 scopes, the prefix to use,
-      e.g. `'FeatureExtractor/MobilenetV2/'`; detected when None.
-
-  Returns:
-    `{'format': 'keras_h5'|'tf1_slim'|'tf2_checkpoint', 'path': str, 'scope': str,
-      'num_variables': int (assigned), 'num_unused': int (file entries not used)}`.
-
-  Raises:
-    ValueError: the path does not exist, is not a MobileNetV2 weights file, or a variable is
-      missing or has the wrong shape (the message names the first one: its name in the file,
-      our layer/weight and both shapes). The model is unchanged when this is raised.
+  `backbone` is a built `MobileNetV2Backbone` (or any model with keras.applications
+  layer names; a truncated one reads only its layers). `path` is a `.h5` file, a
+  checkpoint prefix (or its `.index` / `.data-*` file) or a folder (its latest
+  checkpoint). `slim_root` picks one of several slim scopes (e.g.
+  `'FeatureExtractor/MobilenetV2/'`; detected when None). Returns `{'format', 'path',
+  'scope', 'num_variables' (assigned), 'num_unused' (file entries not used)}`.
+  ValueError, with the model unchanged, when the path is missing or not MobileNetV2
+  weights, or a variable is missing or misshaped (naming the first: its name in the
+  file, our layer/weight and both shapes).
   """
   fmt, resolved = _resolve(path)
   targets = _target_variables(backbone)

@@ -67,20 +67,12 @@ def load_task_and_model(params, prefix: str):
 def load_model(checkpoint: str, experiment: Optional[str] = None,
                config_files: Sequence[str] = (), params_override: str = '',
                best: bool = False) -> LoadedModel:
-  """Builds params (experiment <- model_dir/params.yaml <- files <- override) and the
-  model, and restores the checkpoint.
-
-  Args:
-    checkpoint: a checkpoint prefix (`run/ckpt-600`) or a model_dir (latest
-      checkpoint, or `best_ckpt/` with `best`; its params.yaml is read when present).
-    experiment: registered experiment name; optional when params.yaml is there.
-    config_files: YAML overrides applied after params.yaml.
-    params_override: `k=v,...` applied last.
-    best: with a model_dir, take `best_ckpt/`.
-
-  Raises:
-    ValueError: unknown experiment, bad override, missing / corrupt checkpoint, a
-      checkpoint of another architecture, or no category table.
+  """Builds params (`experiment` <- the model dir's params.yaml <- `config_files` <-
+  `params_override`) and the model, and restores `checkpoint`: a prefix
+  (`run/ckpt-600`) or a model_dir (its latest checkpoint, `best_ckpt/`'s with `best`).
+  `experiment` is optional when params.yaml is there. ValueError for an unknown
+  experiment, a bad override, a missing / corrupt checkpoint or one of another
+  architecture, or no category table.
   """
   prefix, params_file = checkpoints.resolve_checkpoint(checkpoint, best)
   params = params_lib.build_params(experiment, params_file, config_files, params_override)

@@ -124,12 +124,9 @@ class SSDLiteServingModule(export_base.ExportModule):
 
 def detector_info(params, category_map: CategoryMap, **extra) -> dict:
   """JSON-able description of an exported detector (inputs, classes, post-process).
-
-  `num_classes` is that of the EXPORTED detector, K + 1 for the K categories of
-  `dataset_ids` / `class_names` (background at index 0), which can be less than the
-  training head's `task.model.num_classes` (params.yaml): outputs past K have no
-  dataset id and are not exported. Files written before this rule may say more.
-  """
+  `num_classes` is the EXPORTED detector's, K + 1 for the K categories (background 0),
+  which can be less than the head's `task.model.num_classes`: outputs past K have no
+  dataset id and are not exported (files written before this rule may say more)."""
   info = loading.detection_settings(params)
   info.update({'num_classes': loading.num_real_classes(params, category_map) + 1,
                'dataset_ids': [int(i) for i in category_map.dataset_ids],
@@ -140,22 +137,10 @@ def detector_info(params, category_map: CategoryMap, **extra) -> dict:
 
 def export_saved_model(params, model, category_map: CategoryMap, output: str,
                        batch_size: Optional[int] = None, overwrite: bool = False) -> str:
-  """Writes the SavedModel folder `output` (all or nothing).
-
-  Besides the SavedModel files the folder holds `params.yaml` (the experiment) and
-  `detector.json` (input size, resize mode, dataset ids and names, NMS settings).
-
-  Args:
-    params: experiment config of `model`.
-    model: SSDLiteModel with trained weights.
-    category_map: its contiguous <-> dataset id table.
-    output: folder to create.
-    batch_size: if set, adds the `serving_batch` signature with this batch size.
-    overwrite: replace an existing `output`.
-
-  Returns:
-    The absolute output path.
-  """
+  """Writes the SavedModel folder `output` (all or nothing; `overwrite` replaces one)
+  of the trained `model` with its `params`, and returns its absolute path. Beside the
+  SavedModel files: `params.yaml` and `detector.json` (input size, resize mode, dataset
+  ids and names, NMS settings). `batch_size` adds the `serving_batch` signature."""
   params_lib.optional_int(batch_size, 'batch_size')
   with atomic.atomic_output(output, is_dir=True, overwrite=overwrite) as temp:
     module = SSDLiteServingModule(params, model, category_map, fixed_batch_size=batch_size)

@@ -66,18 +66,10 @@ def apply(params, name: str = DEFAULT, max_detections: Optional[int] = None,
           ) -> Tuple[Any, bool, Dict[str, Any]]:
   """The preset (then explicit values) applied to a COPY of `params`.
 
-  Args:
-    params: experiment config.
-    name: a PRESETS key.
-    max_detections: output rows (>= 1), overriding the preset and config.
-    score_threshold: in [0, 1), overriding the preset and config.
-    fast_nms: fast NMS even if the preset says regular (the old --fast_nms).
-
-  Returns:
-    (params copy, use_regular_nms, extra JSON metadata {preset, num_threads}).
-
-  Raises:
-    ValueError: unknown preset, max_detections < 1, threshold outside [0, 1).
+  `name` is a PRESETS key; `max_detections` (>= 1) and `score_threshold` (in [0, 1))
+  override the preset and the config; `fast_nms` forces fast NMS (the old --fast_nms).
+  Returns (params copy, use_regular_nms, extra JSON metadata {preset, num_threads}).
+  ValueError for an unknown preset or an out-of-range value.
   """
   preset = get(name)
   params = copy.deepcopy(params)

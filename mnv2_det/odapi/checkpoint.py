@@ -106,19 +106,12 @@ def load_odapi_checkpoint(model, prefix: str, use_ema: Optional[bool] = None
                           ) -> Dict[str, object]:
   """Assigns an OD API SSD checkpoint to `model` (all variables or none).
 
-  Args:
-    model: a built SSDLiteModel of the translated config.
-    prefix: TF1 checkpoint prefix (`.../model.ckpt`).
-    use_ema: take `/ExponentialMovingAverage` shadows; None = when the checkpoint has
-      them.
-
-  Returns:
-    `{'num_variables', 'ema': bool, 'unused': [checkpoint names not loaded]}`.
-
-  Raises:
-    ValueError naming the checkpoint and the variable: unreadable checkpoint, a missing
-    variable, a wrong shape, an OD API model weight nothing maps to, or use_ema=True
-    without shadows.
+  `model` is a built SSDLiteModel of the translated config, `prefix` the TF1
+  checkpoint (`.../model.ckpt`); `use_ema` takes the `/ExponentialMovingAverage`
+  shadows (None: when there are any). Returns `{'num_variables', 'ema': bool,
+  'unused': [checkpoint names not loaded]}`. ValueError naming the checkpoint and the
+  variable for an unreadable checkpoint, a missing variable, a wrong shape, an OD API
+  model weight nothing maps to, or use_ema=True without shadows.
   """
   try:
     reader = tf.train.load_checkpoint(prefix)

@@ -1,28 +1,12 @@
-"""SSD anchors with the TF Object Detection API's `ssd_anchor_generator` semantics.
-
-Reproduces `create_ssd_anchors` + `MultipleGridAnchorGenerator` + `tile_anchors`
-(research/object_detection/anchor_generators in tensorflow/models), written from their
-documented behaviour (SSD paper, Liu et al. 2016, Sec. 2.2 "Choosing scales and aspect
-ratios for default boxes"):
-
-* Layer scales: `linspace(min_scale, max_scale, num_layers)`, then an extra 1.0 used
-  only as the "next" scale of the last layer.
-* Box specs of layer k (a list of (scale, aspect_ratio)):
-  - k == 0 with `reduce_boxes_in_lowest_layer`: (0.1, 1.0), (s_0, 2.0), (s_0, 0.5);
-  - otherwise (s_k, ar) for each ar, then (sqrt(s_k * s_{k+1}), interpolated ar) when
-    `interpolated_scale_aspect_ratio > 0`.
-* One box: height = scale / sqrt(ar) * base_h, width = scale * sqrt(ar) * base_w
-  (aspect ratio = width / height).
-* Grid of an H x W map: stride (1/H, 1/W), centre of cell (i, j) at
-  ((i + 0.5) / H, (j + 0.5) / W).
-* Non-square images: base_anchor_size is multiplied by (min(H, W) / H, min(H, W) / W) so
-  an aspect-1 anchor is square in pixels.
-* Order: layer by layer, then row-major over (y, x), then the box specs of one location.
-* No clipping (the OD API's SSD default).
-
-All anchors are normalized [ymin, xmin, ymax, xmax] float32. Defaults follow
-docs/reference.md, "SSD anchors". Note the OD API configs write the last aspect
-ratio as 0.3333 rather than 1/3; pass that value to reproduce their anchors to the bit.
+"""SSD anchors with the TF Object Detection API's `ssd_anchor_generator` semantics
+(`create_ssd_anchors` + `MultipleGridAnchorGenerator` + `tile_anchors`), written from
+their documented behaviour (SSD paper, Liu et al. 2016, Sec. 2.2) and listed in
+docs/reference.md, "SSD anchors": scales, box specs, grid, order, no clipping. One box
+of (scale, aspect ratio ar) is `scale / sqrt(ar) * base_h` high and `scale * sqrt(ar) *
+base_w` wide; on a non-square input `base_anchor_size` is multiplied by
+`(min(H, W) / H, min(H, W) / W)` so an aspect-1 anchor is square in pixels. Anchors are
+normalized `[ymin, xmin, ymax, xmax]` float32. The OD API configs write the last aspect
+ratio as 0.3333, not 1/3; pass that value to reproduce their anchors to the bit.
 
 Model Garden's RetinaNet code wants anchors per level as `{str(level): [H, W, A * 4]}`
 (`official.vision.ops.anchor.Anchor.multilevel_boxes`, consumed by `AnchorLabeler`,
@@ -52,8 +36,6 @@ SCALE_AFTER_LAST_LAYER = 1.0
 LOWEST_LAYER_BOX_SPECS = ((0.1, 1.0), (None, 2.0), (None, 0.5))
 # Anchor centres sit at (index + 0.5) * stride on each axis.
 ANCHOR_OFFSET_IN_STRIDES = 0.5
-# Coordinates per box.
-# Level of the finest SSD feature map (stride 16), see the project conventions.
 # Level of the first feature map (layer_15/expansion_output, stride 16 = 2**4); the
 # maps are keyed str(FIRST_LEVEL), str(FIRST_LEVEL + 1), ... everywhere.
 FIRST_LEVEL = 4
@@ -171,22 +153,10 @@ def generate_ssd_anchors(
     base_anchor_size: Tuple[float, float] = DEFAULT_BASE_ANCHOR_SIZE,
     image_shape: Optional[Tuple[int, int]] = None,
 ) -> np.ndarray:
-  """Generates the flat SSD anchor set of the OD API.
-
-  Args:
-    feature_map_shapes: `num_layers` pairs (H, W), finest layer first.
-    num_layers, min_scale, max_scale, scales, aspect_ratios,
-      interpolated_scale_aspect_ratio, reduce_boxes_in_lowest_layer: as in the OD API
-      `ssd_anchor_generator` (see the module docstring).
-    base_anchor_size: (height, width) multiplier of every box, normalized units.
-    image_shape: optional (image_height, image_width) of the network input. When not
-      square, base_anchor_size is scaled by (min/H, min/W) so that anchors with aspect
-      ratio 1 are square in pixels. None means a square image.
-
-  Returns:
-    float32 numpy array [num_anchors, 4], normalized [ymin, xmin, ymax, xmax], ordered
-    layer by layer, row-major over (y, x), then the anchors of one location. Not
-    clipped: coarse-layer anchors extend beyond [0, 1].
+  """The flat OD API SSD anchor set: float32 numpy `[num_anchors, 4]` normalized yxyx
+  in the module docstring's order, unclipped, for `num_layers` feature maps
+  `(H, W)`, finest first. The other arguments are the OD API's; `image_shape`
+  `(H, W)` of the network input (None: square) adjusts `base_anchor_size`.
   """
   shapes = [tuple(int(v) for v in shape) for shape in feature_map_shapes]
   if len(shapes) != num_layers:
@@ -231,19 +201,10 @@ def split_anchors_by_level(
     anchors_per_loc: Sequence[int],
     min_level: int = FIRST_LEVEL,
 ) -> Dict[str, object]:
-  """Splits flat anchors into Model Garden's per-level layout.
-
-  Args:
-    anchors: [num_anchors, 4] yxyx, numpy array or tf tensor, in the order of
-      `generate_ssd_anchors`.
-    feature_map_shapes: (H, W) of each level, finest first.
-    anchors_per_loc: anchors per location of each level (A).
-    min_level: level of the first map; keys are str(min_level), str(min_level + 1), ...
-
-  Returns:
-    dict (insertion-ordered by level) {str(level): [H, W, A * 4]}; numpy arrays for a
-    numpy input, tf tensors otherwise. Entry [i, j, 4a:4a+4] is anchor a at row i,
-    column j, the layout of `official.vision.ops.anchor.Anchor.multilevel_boxes`.
+  """Flat `[num_anchors, 4]` anchors (numpy or tf, `generate_ssd_anchors` order) ->
+  `{str(level): [H, W, A * 4]}` from `min_level` up (numpy in, numpy out), where
+  `[i, j, 4a:4a+4]` is anchor a of cell (i, j): Model Garden's
+  `Anchor.multilevel_boxes` layout. `anchors_per_loc` is A of each level.
   """
   counts = _num_anchors_per_level(feature_map_shapes, anchors_per_loc)
   is_numpy = isinstance(anchors, np.ndarray)
@@ -266,15 +227,9 @@ def split_anchors_by_level(
 
 
 def flatten_levels(multilevel: Dict[str, object], last_dim: int = box_coder.CODE_SIZE):
-  """Inverse of `split_anchors_by_level`, also for batched per-level outputs.
-
-  Args:
-    multilevel: {str(level): [..., H, W, A * last_dim]}; levels are concatenated in
-      increasing numeric order. Leading (e.g. batch) dims must agree across levels.
-    last_dim: values per anchor (4 for boxes, num_classes for logits).
-
-  Returns:
-    [..., sum(H * W * A), last_dim]: numpy if every input is numpy, else a tf tensor.
+  """Inverse of `split_anchors_by_level`, also for batched outputs: `{str(level):
+  [..., H, W, A * last_dim]}` -> `[..., sum(H * W * A), last_dim]`, levels in numeric
+  order (numpy if every input is numpy, else tf); `last_dim` 4 for boxes, C for logits.
   """
   if not multilevel:
     raise ValueError('multilevel dict is empty')

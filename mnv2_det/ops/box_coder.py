@@ -57,34 +57,16 @@ def _as_float_tensors(values, anchors):
 
 
 def encode(boxes, anchors, scale_factors: Sequence[float] = SCALE_FACTORS) -> tf.Tensor:
-  """Encodes boxes relative to anchors.
-
-  Args:
-    boxes: float [..., N, 4] normalized [ymin, xmin, ymax, xmax] (e.g. [B, N, 4]).
-    anchors: [N, 4] (or anything broadcastable to `boxes`) in the same coordinates.
-    scale_factors: positive (y, x, h, w) multipliers of the codes.
-
-  Returns:
-    Tensor of the broadcast shape [..., N, 4], dtype of `boxes` (float32 for int input),
-    holding [ty, tx, th, tw].
-  """
+  """`[..., N, 4]` boxes relative to `[N, 4]` anchors (broadcastable) -> codes
+  `[ty, tx, th, tw]` of the broadcast shape, dtype of `boxes` (float32 for ints)."""
   factors = _check_scale_factors(scale_factors)
   boxes, anchors = _as_float_tensors(boxes, anchors)
   return box_ops.encode_boxes(boxes, anchors, weights=factors)
 
 
 def decode(rel_codes, anchors, scale_factors: Sequence[float] = SCALE_FACTORS) -> tf.Tensor:
-  """Decodes [ty, tx, th, tw] codes back to boxes; inverse of `encode`.
-
-  Args:
-    rel_codes: float [..., N, 4] codes (e.g. the box head output [B, N, 4]).
-    anchors: [N, 4] normalized [ymin, xmin, ymax, xmax], broadcastable to rel_codes.
-    scale_factors: the (y, x, h, w) factors used to encode.
-
-  Returns:
-    Tensor [..., N, 4] normalized [ymin, xmin, ymax, xmax], dtype of rel_codes. th and
-    tw are clamped from above at MAX_LOG_SIZE_RATIO after unscaling (module docstring).
-  """
+  """Inverse of `encode`: `[..., N, 4]` codes (e.g. the head's `[B, N, 4]`) -> boxes,
+  dtype of `rel_codes`; th and tw are clamped at MAX_LOG_SIZE_RATIO after unscaling."""
   factors = _check_scale_factors(scale_factors)
   rel_codes, anchors = _as_float_tensors(rel_codes, anchors)
   return box_ops.decode_boxes(rel_codes, anchors, weights=factors)

@@ -60,18 +60,9 @@ def _one_hot_targets(cls_targets, num_classes):
 
 
 def sigmoid_classification_loss(cls_logits, cls_targets):
-  """Per-anchor sigmoid cross entropy, summed over all classes.
-
-  Every channel, background (0) included, is an independent binary problem with
-  one-hot targets (OD API WeightedSigmoidClassificationLoss with a background class).
-
-  Args:
-    cls_logits: `[B, N, C]` logits (any float dtype).
-    cls_targets: `[B, N]` int class indices (values < 0 count as background).
-
-  Returns:
-    `[B, N]` float32 loss per anchor.
-  """
+  """`[B, N]` float32 sigmoid cross entropy per anchor, summed over all classes: every
+  channel, background (0) included, is an independent binary problem with one-hot
+  targets (OD API WeightedSigmoidClassificationLoss with a background class)."""
   logits = tf.cast(cls_logits, tf.float32)
   labels = _one_hot_targets(cls_targets, tf.shape(logits)[-1])
   per_entry = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
@@ -80,21 +71,9 @@ def sigmoid_classification_loss(cls_logits, cls_targets):
 
 def focal_classification_loss(cls_logits, cls_targets, alpha=FOCAL_ALPHA,
                               gamma=FOCAL_GAMMA):
-  """Per-anchor sigmoid focal loss, summed over all classes (background included).
-
-  Uses Model Garden's `official.vision.losses.focal_loss.FocalLoss`:
-  `alpha_t * (1 - p_t)^gamma * CE(p_t)` per channel, alpha on positives, 1 - alpha on
-  negatives.
-
-  Args:
-    cls_logits: `[B, N, C]` logits.
-    cls_targets: `[B, N]` int class indices (values < 0 count as background).
-    alpha: weight of positive entries.
-    gamma: focusing exponent.
-
-  Returns:
-    `[B, N]` float32 loss per anchor.
-  """
+  """`[B, N]` float32 sigmoid focal loss per anchor, summed over all classes
+  (background included): Model Garden's `FocalLoss`, `alpha_t * (1 - p_t)^gamma *
+  CE(p_t)` per channel, `alpha` on positives, `1 - alpha` on negatives."""
   logits = tf.cast(cls_logits, tf.float32)
   labels = _one_hot_targets(cls_targets, tf.shape(logits)[-1])
   loss_fn = mg_focal_loss.FocalLoss(
@@ -104,20 +83,9 @@ def focal_classification_loss(cls_logits, cls_targets, alpha=FOCAL_ALPHA,
 
 def smooth_l1_localization_loss(box_preds, box_targets, positive_mask,
                                 delta=HUBER_DELTA):
-  """Per-anchor Huber loss summed over the 4 encoded coordinates, positives only.
-
-  Elementwise `0.5 x^2` if `|x| <= delta` else `delta (|x| - 0.5 delta)`, with
-  `x = pred - target`.
-
-  Args:
-    box_preds: `[B, N, 4]` encoded predictions.
-    box_targets: `[B, N, 4]` encoded targets.
-    positive_mask: `[B, N]` 1.0 where the anchor is matched.
-    delta: Huber transition point.
-
-  Returns:
-    `[B, N]` float32 loss, 0 at non-positive anchors.
-  """
+  """`[B, N]` float32 Huber loss per anchor summed over the 4 encoded coordinates,
+  0 at non-positive anchors: `0.5 x^2` if `|x| <= delta` else `delta (|x| - 0.5
+  delta)` elementwise, `x = pred - target`."""
   diff = tf.abs(tf.cast(box_preds, tf.float32) - tf.cast(box_targets, tf.float32))
   quadratic = tf.minimum(diff, delta)
   linear = diff - quadratic
@@ -237,18 +205,9 @@ def hard_example_mining(cls_loss_per_anchor,
   `tf.image.non_max_suppression`, ~40 ms instead of ~1.3 s for a 24 x 2034 batch
   on 2 CPU cores).
 
-  Args:
-    cls_loss_per_anchor: `[B, N]` float per-anchor classification loss.
-    decoded_boxes: `[B, N, 4]` decoded predicted boxes, `[ymin, xmin, ymax, xmax]`.
-    positive_mask: `[B, N]` float, 1.0 for matched anchors.
-    num_hard_examples: max anchors kept by the NMS step per image.
-    iou_threshold: NMS IoU threshold.
-    max_negatives_per_positive: negatives allowed per kept positive.
-    min_negatives_per_image: negatives allowed even with no positive.
-    valid_mask: optional `[B, N]` float, 0.0 for ignored anchors.
-
-  Returns:
-    `[B, N]` float32 mask, 1.0 for selected anchors. No gradient flows through it.
+  `cls_loss_per_anchor` is `[B, N]`, `decoded_boxes` `[B, N, 4]` yxyx, `valid_mask`
+  an optional `[B, N]` float (0.0: ignored). Returns the `[B, N]` float32 selection
+  mask (1.0: selected), without gradient.
   """
   losses = tf.stop_gradient(tf.cast(cls_loss_per_anchor, tf.float32))
   boxes = tf.stop_gradient(tf.cast(decoded_boxes, tf.float32))
@@ -314,32 +273,11 @@ def ssd_loss(cls_logits,
   Both are divided by `max(sum(positive_mask), 1)` over the whole batch (OD API
   `normalize_loss_by_num_matches`).
 
-  Args:
-    cls_logits: `[B, N, C]` logits, channel 0 = background.
-    box_preds: `[B, N, 4]` encoded box predictions.
-    cls_targets: `[B, N]` int32 targets (0 = background).
-    box_targets: `[B, N, 4]` encoded targets.
-    positive_mask: `[B, N]` float32, 1.0 for matched anchors.
-    anchors: `[N, 4]` normalized `[ymin, xmin, ymax, xmax]`.
-    classification: 'sigmoid_hem' or 'focal'.
-    focal_alpha: focal alpha (focal only).
-    focal_gamma: focal gamma (focal only).
-    cls_weight: weight of the classification term.
-    loc_weight: weight of the localization term.
-    num_hard_examples: see `hard_example_mining`.
-    mining_iou_threshold: see `hard_example_mining`.
-    max_negatives_per_positive: see `hard_example_mining`.
-    min_negatives_per_image: see `hard_example_mining`.
-    valid_mask: optional `[B, N]` float, 0.0 for ignored anchors (no
-      classification loss, never mined).
-
-  Returns:
-    dict of float32 scalars: `total_loss = cls_loss + box_loss`, `cls_loss`
-    (weighted by `cls_weight`), `box_loss` (weighted by `loc_weight`),
-    `num_positives` (matches in the batch, before the max with 1).
-
-  Raises:
-    ValueError: if `classification` is unknown.
+  Tensors as in the module docstring; `valid_mask` (optional `[B, N]` float, 0.0:
+  ignored) gets no classification loss and is never mined; the mining arguments are
+  `hard_example_mining`'s. Returns float32 scalars `total_loss = cls_loss + box_loss`,
+  `cls_loss` (times `cls_weight`), `box_loss` (times `loc_weight`) and
+  `num_positives` (before the max with 1). ValueError for an unknown `classification`.
   """
   if classification not in CLASSIFICATION_TYPES:
     raise ValueError(f'classification={classification!r} is not one of '

@@ -61,30 +61,16 @@ _OFFSET_ROW = 3
 
 
 def map_boxes_to_original(boxes, image_info, input_size):
-  """Maps normalized boxes of the network input frame to original image pixels.
+  """`[B, K, 4]` normalized yxyx boxes of the network input frame -> float32 yxyx
+  original image pixels, clipped to the image.
 
-  Model Garden's `resize_and_crop_image` records
-  `image_info = [[original_h, original_w], [scaled_h, scaled_w],
-                 [y_scale, x_scale], [y_offset, x_offset]]`
-  and maps an original pixel `p` to the network input as `p * scale - offset`
-  (`preprocess_ops.resize_and_crop_boxes`; offset > 0 only for random crops). The
-  network input has size `input_size = (H, W)`, the size BEFORE the backbone pads it
-  (boxes and anchors are normalized to that frame, docs/frames.md). This function
-  inverts that, per coordinate pair `(y, x)`:
-
-    pixel_in_input = box_normalized * (H, W)
-    original       = (pixel_in_input + (y_offset, x_offset)) / (y_scale, x_scale)
-    clipped        = clip(original, 0, (original_h, original_w))
-
-  Args:
-    boxes: `[B, K, 4]` float, normalized `[ymin, xmin, ymax, xmax]` of the network
-      input frame.
-    image_info: `[B, 4, 2]` float, Model Garden image_info.
-    input_size: `(H, W)` of the network input frame: python ints, or an int/float
-      tensor of shape `[2]` or `[B, 2]`.
-
-  Returns:
-    `[B, K, 4]` float32 `[ymin, xmin, ymax, xmax]` in original image pixels.
+  Model Garden's `resize_and_crop_image` records `image_info` `[B, 4, 2]` =
+  `[[original_h, original_w], [scaled_h, scaled_w], [y_scale, x_scale],
+  [y_offset, x_offset]]` and maps an original pixel `p` to `p * scale - offset`
+  (offset > 0 only for random crops). `input_size` `(H, W)` (python ints or a `[2]` /
+  `[B, 2]` tensor) is the network input BEFORE the backbone pads it, the frame boxes
+  and anchors are normalized to (docs/frames.md). Per `(y, x)` pair:
+  `original = clip((box * (H, W) + offset) / scale, 0, (original_h, original_w))`.
   """
   boxes = tf.cast(boxes, tf.float32)
   image_info = tf.cast(image_info, tf.float32)
@@ -140,44 +126,23 @@ def postprocess(cls_logits,
                 pre_nms_top_k=PRE_NMS_TOP_K,
                 clip_before_nms=True,
                 num_real_classes=None):
-  """Decodes SSD outputs and runs class-aware NMS (see module docstring).
+  """Decodes SSD outputs and runs class-aware NMS (module docstring).
 
-  Args:
-    cls_logits: `[B, N, C]` logits, channel 0 = background (ignored).
-    box_preds: `[B, N, 4]` encoded box predictions.
-    anchors: `[N, 4]` normalized `[ymin, xmin, ymax, xmax]` anchors of the network
-      input frame.
-    image_info: `[B, 4, 2]` float32 Model Garden image_info (see
-      `map_boxes_to_original` for the exact coordinate mapping).
-    input_size: `(H, W)` of the network input frame (before padding): python ints
-      or a tensor of shape `[2]` or `[B, 2]`.
-    score_threshold: keep candidates with sigmoid score strictly above this.
-    iou_threshold: NMS IoU threshold (same class only).
-    max_per_class: max detections per class per image.
-    max_total: max detections per image (output padding size).
-    pre_nms_top_k: (anchor, class) candidates per image entering NMS.
-    clip_before_nms: clip boxes to the image (dropping zero-area ones) before NMS,
-      as above; False runs NMS on the unclipped boxes and clips and drops afterwards,
-      the OD API v2.8 order (`multiclass_non_max_suppression` with a clip window).
-      Then NMS returns up to 2 * max_total picks before the drop, so the two orders
-      agree unless more than max_total picks fall wholly outside the image.
-    num_real_classes: the classes that have a dataset category id (the category
-      table's size): only channels 1..num_real_classes are considered; channels past
-      it (a head wider than the dataset, e.g. 91 outputs for COCO's 80 categories)
-      are never detected. None: all C - 1.
+  `cls_logits` `[B, N, C]` (channel 0: background, ignored), `box_preds` `[B, N, 4]`
+  encoded, `anchors` `[N, 4]` normalized yxyx of the network input frame, `image_info`
+  and `input_size` as in `map_boxes_to_original`. A candidate needs a score strictly
+  above `score_threshold`; NMS at `iou_threshold` within a class; at most
+  `max_per_class` per class and `max_total` per image from the `pre_nms_top_k`
+  (anchor, class) candidates. `clip_before_nms=False` runs NMS on the unclipped boxes
+  and clips and drops afterwards (the OD API v2.8 order), from up to 2 * max_total
+  picks, so the two orders agree unless more than max_total picks fall wholly outside
+  the image. `num_real_classes` (default C - 1): only channels 1..num_real_classes
+  have a dataset category; the tail channels are never detected.
 
-  Returns:
-    dict with
-      detection_boxes: `[B, max_total, 4]` float32 `[ymin, xmin, ymax, xmax]` in
-        original image pixels, zeros past `num_detections`.
-      detection_scores: `[B, max_total]` float32 sigmoid scores, descending,
-        zeros past `num_detections`.
-      detection_classes: `[B, max_total]` int32 contiguous class ids in
-        1..num_real_classes (default C-1), zeros past `num_detections`.
-      num_detections: `[B]` int32.
-
-  Raises:
-    ValueError: on inconsistent static shapes or non-positive limits.
+  Returns dict (zeros past `num_detections`): detection_boxes `[B, max_total, 4]`
+  float32 yxyx original pixels; detection_scores `[B, max_total]` float32 sigmoid,
+  descending; detection_classes `[B, max_total]` int32 contiguous ids;
+  num_detections `[B]` int32. ValueError on inconsistent static shapes or limits < 1.
   """
   if cls_logits.shape.rank != 3 or box_preds.shape.rank != 3:
     raise ValueError(f'cls_logits and box_preds must be [B, N, C] and [B, N, 4], got '

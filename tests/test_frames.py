@@ -21,7 +21,6 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from mnv2_det.data import shapes
 from mnv2_det.export import saved_model
 from mnv2_det.export import serving_inputs
 from mnv2_det.export import tflite
@@ -60,10 +59,8 @@ def _params(data_dir, input_hw, extra=''):
 
 
 @pytest.fixture(scope='module')
-def shapes_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('shapes'))
-  shapes.generate(path, num_train=4, num_val=2, seed=3)
-  return path
+def shapes_dir(shapes_data):
+  return shapes_data(num_train=4, num_val=2, seed=3)['dir']
 
 
 # ------------------------------------------------------------------ training targets

@@ -36,7 +36,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mnv2_det.data import shapes
 from mnv2_det.export import tflite
 from mnv2_det.export import tflite_convert
 from mnv2_det.export import tflite_presets
@@ -66,12 +65,11 @@ def _image(hw, seed):
 
 
 @pytest.fixture(scope='module')
-def run(tmp_path_factory):
+def run(tmp_path_factory, shapes_data):
   """Exports the four models, writes the images, runs MediaPipe once."""
   python = mediapipe_env.mediapipe_python()
   root = tmp_path_factory.mktemp('mediapipe')
-  data_dir = str(root / 'shapes')
-  shapes.generate(data_dir, num_train=6, num_val=2, seed=5)
+  data_dir = shapes_data(num_train=6, num_val=2, seed=5)['dir']
   cases, request = [], {'models': [], 'score_threshold': 0.0, 'max_results': -1}
   for hw in SIZES:
     override = tiny_overrides(data_dir) + f',task.model.input_size=[{hw[0]},{hw[1]},3]'

@@ -20,7 +20,6 @@ from official.core import task_factory
 from official.core import train_utils
 
 from mnv2_det.data import preprocess
-from mnv2_det.data import shapes
 from mnv2_det.data.category_map import UNKNOWN, CategoryMap
 from mnv2_det.core import loading
 from mnv2_det.core import params as params_lib
@@ -49,10 +48,8 @@ TAIL_LOGIT = 8.0  # class bias of the tail outputs 81..90: sigmoid ~1, above eve
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp('shapes'))
-  shapes.generate(out, num_train=4, num_val=2, seed=11)
-  return out
+def data_dir(shapes_data):
+  return shapes_data(num_train=4, num_val=2, seed=11)['dir']
 
 
 def _override(data_dir, num_classes=None):

@@ -7,7 +7,6 @@ import tensorflow as tf
 import tf_keras
 
 import mnv2_det  # pylint: disable=unused-import
-from mnv2_det.data import shapes
 from official.core import exp_factory
 from official.core import task_factory
 from official.core import train_utils
@@ -15,10 +14,8 @@ from official.modeling import performance
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  out = tmp_path_factory.mktemp('shapes')
-  shapes.generate(str(out), num_train=8, num_val=4, seed=2)
-  return str(out)
+def data_dir(shapes_data):
+  return shapes_data(num_train=8, num_val=4, seed=2)['dir']
 
 
 def _params(data_dir, **trainer):

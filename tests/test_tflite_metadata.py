@@ -15,7 +15,6 @@ import pytest
 import tensorflow as tf
 from tensorflow.lite.tools import flatbuffer_utils
 
-from mnv2_det.data import shapes
 from mnv2_det.export import tflite
 from mnv2_det.export import tflite_convert
 from mnv2_det.export import tflite_metadata
@@ -30,10 +29,8 @@ COCO_NUM_CLASSES = 91
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp('shapes'))
-  shapes.generate(out, num_train=4, num_val=2, seed=3)
-  return out
+def data_dir(shapes_data):
+  return shapes_data(num_train=4, num_val=2, seed=3)['dir']
 
 
 @pytest.fixture(scope='module')

@@ -8,7 +8,6 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 from tensorflow.lite.tools import flatbuffer_utils
 
-from mnv2_det.data import shapes
 from mnv2_det.cli import export as cli
 from mnv2_det.export import edgetpu
 from mnv2_det.export import tflite
@@ -27,9 +26,8 @@ def _image(seed, hw=(150, 210)):
 
 
 @pytest.fixture(scope='module')
-def exports(tmp_path_factory):
-  data_dir = str(tmp_path_factory.mktemp('shapes'))
-  shapes.generate(data_dir, num_train=6, num_val=2, seed=5)
+def exports(tmp_path_factory, shapes_data):
+  data_dir = shapes_data(num_train=6, num_val=2, seed=5)['dir']
   override = tiny_overrides(data_dir, INPUT)
   _, _, model = spread_detector(override)
   out = tmp_path_factory.mktemp('out')

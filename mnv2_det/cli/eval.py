@@ -2,7 +2,8 @@
 
     python tools/eval.py --checkpoint runs/shapes [--experiment ssdlite_mnv2_shapes] \
         [--best] [--config_file x.yaml] [--params_override k=v,...] \
-        [--report report.json] [--detections results.json] [--max_images N]
+        [--report report.json] [--detections results.json] [--max_images N] \
+        [--plots DIR [--confusion_score_threshold T]]
     python tools/eval.py --model exported/saved_model_dir_or_model.tflite \
         [--experiment E | --annotation_file val.json --image_dir val/] [--num_threads 2]
 
@@ -12,6 +13,13 @@ A checkpoint is scored on its config's validation data (task.validation_data, or
 task.annotation_file); --experiment is needed only without a params.yaml beside it.
 An exported model is scored on --annotation_file / --image_dir, or on the validation
 data of the config its folder's params.yaml (+ --experiment, overrides) gives.
+
+The report (and the printed table) ends with the score threshold of the best
+class-mean F1 at IoU 0.5: the value for `tools/export.py --score_threshold`.
+--plots DIR writes per-class PR curves (IoU 0.5 and 0.5:0.95, from pycocotools'
+eval['precision']), a confusion matrix with a background row and column (IoU 0.5, score
+>= --confusion_score_threshold, default the best-F1 threshold) and the F1 curve, as
+PNG + JSON (evaluation/plots.py); the report's 'analysis' names them.
 """
 
 import json
@@ -22,6 +30,7 @@ from mnv2_det.cli import flags
 from mnv2_det.core import loading
 from mnv2_det.core import params as params_lib
 from mnv2_det.evaluation import coco
+from mnv2_det.evaluation import plots
 from mnv2_det.export import tflite
 from mnv2_det.inference import detector as detector_lib
 
@@ -63,6 +72,15 @@ def run(args) -> Dict[str, Any]:
   """Evaluates --checkpoint or --model (module docstring); prints, returns the report."""
   if bool(args.checkpoint) == bool(args.model):
     raise ValueError('give exactly one of --checkpoint and --model')
+  analyze = None
+  if args.plots is not None:  # a bad folder or threshold fails before the evaluation
+    plots.check_plots_dir(args.plots)
+    if args.confusion_score_threshold is not None:
+      plots.check_score_threshold(args.confusion_score_threshold,
+                                  '--confusion_score_threshold')
+    analyze = plots.analyze_fn(args.plots, args.confusion_score_threshold)
+  elif args.confusion_score_threshold is not None:
+    raise ValueError('--confusion_score_threshold needs --plots DIR')
   if args.checkpoint:
     detector = detector_lib.from_loaded(loading.load_model(
         args.checkpoint, args.experiment, args.config_file, args.params_override,
@@ -76,9 +94,12 @@ def run(args) -> Dict[str, Any]:
     source = {'model': args.model, 'format': detector.format}
   report = coco.evaluate_images(detector.detect_image, annotation_file, image_dir,
                                 max_images=args.max_images,
-                                detections_file=args.detections)
+                                detections_file=args.detections, analyze=analyze)
   report = {**source, **report}
   print(coco.format_report(report))
+  if analyze is not None:
+    print(f'plots written to {args.plots} (confusion matrix at score >= '
+          f'{report["analysis"]["confusion_score_threshold"]:.3f})')
   if args.report:
     with open(args.report, 'w', encoding='utf-8') as f:
       json.dump(report, f, indent=2)
@@ -97,6 +118,11 @@ def main_parser():
   parser.add_argument('--report', help='write the JSON report here')
   parser.add_argument('--detections', help='write the COCO results JSON here')
   parser.add_argument('--max_images', type=int, help='evaluate the first N images')
+  parser.add_argument('--plots', help='write PR curves, confusion matrix and F1 curve '
+                      '(PNG + JSON) into this folder')
+  parser.add_argument('--confusion_score_threshold', type=float,
+                      help='with --plots: the confusion matrix keeps detections with '
+                      'score >= this (default: the best-F1 threshold)')
   return parser
 
 

@@ -9,7 +9,11 @@ rate). On top of it this module adds:
     written to TensorBoard as `images_per_second`);
   - a stop with a clear message on a NaN/inf loss, naming the steps, before the bad
     weights are checkpointed (the last good checkpoint stays the latest);
-  - one clear `error: ...` line and exit code 2 for user errors, never a traceback.
+  - one clear `error: ...` line and exit code 2 for user errors, never a traceback;
+  - early stopping on a validation metric (`trainer.early_stopping`, cli/early_stopping.py);
+  - PR curves, confusion matrix and F1 curve after every evaluation
+    (`trainer.eval_plots`, evaluation/train_plots.py) in MODEL_DIR/plots/step_N/ and
+    TensorBoard.
 """
 
 import hashlib
@@ -31,10 +35,12 @@ from official.modeling import performance
 from official.vision.utils import summary_manager
 
 import mnv2_det  # pylint: disable=unused-import  # registers backbone, task, experiments
+from mnv2_det.cli import early_stopping
 from mnv2_det.core import errors
 from mnv2_det.core import model_dir as model_dir_lib
 from mnv2_det.core import params as params_lib
 from mnv2_det.evaluation import coco
+from mnv2_det.evaluation import train_plots
 
 # Model fields that may change between runs in one model_dir: they alter neither the
 # variables nor their meaning (post-processing thresholds, initialization source, BN
@@ -185,6 +191,7 @@ def _format_seconds(seconds: float) -> str:
 
 def run_experiment(params, model_dir: str, mode: str):
   """Runs `mode` for `params`; returns (model, logs of the last evaluation or {})."""
+  controller_cls = early_stopping.controller_cls(params, model_dir)  # checks the config
   if 'train' in mode:
     check_model_dir(params, model_dir)
     train_utils.serialize_config(params, model_dir)
@@ -218,10 +225,12 @@ def run_experiment(params, model_dir: str, mode: str):
                                      params.trainer.loss_upper_bound),
                      ProgressAction(trainer, params, model_dir)]
   last_eval = LastEvalLogs()
+  eval_actions = [last_eval] + train_plots.maybe_build(
+      params, task, trainer, model_dir, strategy.extended.should_checkpoint)
   model, logs = train_lib.run_experiment(
       distribution_strategy=strategy, task=task, mode=mode, params=params,
       model_dir=model_dir, trainer=trainer, train_actions=train_actions,
-      eval_actions=[last_eval],
+      eval_actions=eval_actions, controller_cls=controller_cls,
       # Writes the eval images with drawn detections when task.allow_image_summary.
       eval_summary_manager=summary_manager.maybe_build_eval_summary_manager(
           params=params, model_dir=model_dir))

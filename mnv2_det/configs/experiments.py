@@ -51,7 +51,7 @@ def ssdlite_mnv2_coco() -> cfg.ExperimentConfig:
   return cfg.ExperimentConfig(
       task=task,
       runtime=cfg.RuntimeConfig(mixed_precision_dtype='float32'),
-      trainer=cfg.TrainerConfig(
+      trainer=ssdlite.Trainer(
           train_steps=200 * steps_per_epoch,
           validation_steps=COCO_VAL_EXAMPLES // 8,
           validation_interval=steps_per_epoch,
@@ -109,7 +109,7 @@ def ssdlite_mnv2_shapes() -> cfg.ExperimentConfig:
   return cfg.ExperimentConfig(
       task=task,
       runtime=cfg.RuntimeConfig(mixed_precision_dtype='float32'),
-      trainer=cfg.TrainerConfig(
+      trainer=ssdlite.Trainer(
           train_steps=train_steps, validation_steps=-1, validation_interval=650,
           steps_per_loop=50, summary_interval=50, checkpoint_interval=325,
           max_to_keep=3,

@@ -159,3 +159,36 @@ class SSDLiteTask(cfg.TaskConfig):
   # What `init_checkpoint` initializes: 'all' (layers whose shapes changed, e.g. the class
   # predictor for a new class count, start fresh) or 'backbone'.
   init_checkpoint_modules: str = 'all'
+
+
+@dataclasses.dataclass
+class EarlyStopping(hyperparams.Config):
+  """Stops `train_and_eval` once the validation `metric` has not improved for
+  `patience` evaluations in a row (cli/early_stopping.py).
+
+  `metric` is a key of the eval logs (e.g. 'AP', 'AP50'); `metric_comp` 'higher' or
+  'lower' says which way is better; an evaluation improves when it beats the best so far
+  by more than `min_delta`. `patience` 0 (default) turns it off. The best checkpoint
+  (`trainer.best_checkpoint_export_subdir`) is left as it is; the run ends with a
+  checkpoint of the step it stopped at. The count restarts when a run resumes.
+  """
+  patience: int = 0
+  metric: str = 'AP'
+  metric_comp: str = 'higher'
+  min_delta: float = 0.0
+
+
+@dataclasses.dataclass
+class EvalPlots(hyperparams.Config):
+  """Plots after every training-time evaluation (evaluation/train_plots.py): PR curves,
+  confusion matrix and F1 curve into MODEL_DIR/plots/step_N/ and the eval TensorBoard
+  logs. `confusion_score_threshold` None: the best-F1 threshold of that evaluation."""
+  enabled: bool = True
+  confusion_score_threshold: Optional[float] = None
+
+
+@dataclasses.dataclass
+class Trainer(cfg.TrainerConfig):
+  """Model Garden's trainer config plus early stopping and evaluation plots."""
+  early_stopping: EarlyStopping = dataclasses.field(default_factory=EarlyStopping)
+  eval_plots: EvalPlots = dataclasses.field(default_factory=EvalPlots)

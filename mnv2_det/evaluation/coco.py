@@ -8,6 +8,9 @@ decodes) to `detect_image_fn`, which returns DATASET ids: any
 same `serving_inputs.prepare_image` as the eval pipeline, so a checkpoint and its fp32
 exports score the same. Training-time validation uses Model Garden's COCOEvaluator;
 tests/test_coco_agreement.py shows both score the same detections alike.
+`run_cocoeval` returns the finished COCOeval itself, for evaluation/curves.py (PR curves
+from its eval['precision'], the F1-vs-score-threshold curve from its matches: every
+report carries the best-F1 threshold under 'f1') and evaluation/plots.py.
 pycocotools' traps are handled (docs/reference.md, "pycocotools COCOeval facts"):
   * an empty result list makes `COCO.loadRes` raise IndexError: we build an empty
     result set instead, so every stat is 0 (or -1 where there is no ground truth);
@@ -35,6 +38,7 @@ import tensorflow as tf
 from mnv2_det.data import image_check
 from mnv2_det.data import preprocess
 from mnv2_det.data.category_map import UNKNOWN, CategoryMap
+from mnv2_det.evaluation import curves
 from mnv2_det.ops import postprocess
 
 # COCOeval.stats order (docs/reference.md, "COCOeval stats order").
@@ -44,10 +48,6 @@ STAT_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl',
 NO_GROUNDTRUTH = -1.0
 NO_GROUNDTRUTH_NOTE = ('-1 = no ground truth in this area range / class '
                        '(pycocotools convention), not a score')
-# Indices into COCOeval.eval['precision'] `[T, R, K, A, M]`.
-_AREA_ALL = 0
-_MAX_DETS_LAST = -1
-_IOU_50 = 0
 _MIN_SECONDS = 1e-9  # guards images/s against a zero timer reading
 DETECTION_KEYS = postprocess.DETECTION_KEYS
 
@@ -56,6 +56,8 @@ DETECTION_KEYS = postprocess.DETECTION_KEYS
 # classes [1, K] DATASET category ids (-1 = padding / no id), num_detections [1]. The
 # `serving_default` contract of exported models (export/saved_model.py, tflite.py).
 ImageDetectFn = Callable[[np.ndarray], Mapping[str, Any]]
+# analyze(finished COCOeval, COCO result dicts) -> what to add to the report.
+AnalyzeFn = Callable[[COCOeval, List[Dict[str, Any]]], Mapping[str, Any]]
 
 
 def to_coco_results(source_ids, detections: Mapping[str, Any],
@@ -104,9 +106,15 @@ def load_groundtruth(annotation_file: str) -> COCO:
     raise ValueError(f'annotation file {annotation_file!r} does not exist')
   with open(annotation_file, 'r', encoding='utf-8') as f:
     data = json.load(f)
+  return groundtruth_from_dataset(data, annotation_file)
+
+
+def groundtruth_from_dataset(data: Dict[str, Any], source: str = 'ground truth') -> COCO:
+  """A COCO index over an instances dict (`images`, `annotations`, `categories`),
+  filling missing `area` (w * h) and `iscrowd` (0); `source` names it in errors."""
   for key in ('images', 'annotations', 'categories'):
     if key not in data:
-      raise ValueError(f'{annotation_file}: not a COCO instances file (no {key!r})')
+      raise ValueError(f'{source}: not a COCO instances file (no {key!r})')
   for ann in data['annotations']:
     ann.setdefault('iscrowd', 0)
     if 'area' not in ann:
@@ -118,12 +126,11 @@ def load_groundtruth(annotation_file: str) -> COCO:
   return coco
 
 
-def coco_evaluate(groundtruth: COCO, results: List[Dict[str, Any]],
-                  image_ids: Sequence[int], annotation_file: str = '') -> Dict[str, Any]:
-  """Runs COCOeval (bbox) on `image_ids`; returns stats and per-class AP.
+def run_cocoeval(groundtruth: COCO, results: List[Dict[str, Any]],
+                 image_ids: Sequence[int], annotation_file: str = '') -> COCOeval:
+  """COCOeval (bbox) on `image_ids`, evaluated, accumulated and summarized (quietly).
 
-  Returns dict: `stats` {STAT_NAMES: float}, `stats_without_groundtruth` [names at
-  -1], `per_class` [{name, dataset_id, num_groundtruths, AP, AP50}].
+  Its `eval['precision']` `[T, R, K, A, M]` and `evalImgs` feed `evaluation.curves`.
   """
   known = set(groundtruth.getImgIds())
   unknown = sorted(({int(i) for i in image_ids} - known) |
@@ -147,12 +154,30 @@ def coco_evaluate(groundtruth: COCO, results: List[Dict[str, Any]],
     evaluator.evaluate()
     evaluator.accumulate()
     evaluator.summarize()
+  return evaluator
+
+
+def coco_evaluate(groundtruth: COCO, results: List[Dict[str, Any]],
+                  image_ids: Sequence[int], annotation_file: str = '') -> Dict[str, Any]:
+  """Runs COCOeval (bbox) on `image_ids`; returns stats and per-class AP.
+
+  Returns dict: `stats` {STAT_NAMES: float}, `stats_without_groundtruth` [names at
+  -1], `per_class` [{name, dataset_id, num_groundtruths, AP, AP50}], `f1` (the best
+  score threshold by class-mean F1 at IoU 0.5 and its F1, precision, recall:
+  `curves.f1_summary`).
+  """
+  return summarize_cocoeval(run_cocoeval(groundtruth, results, image_ids, annotation_file))
+
+
+def summarize_cocoeval(evaluator: COCOeval) -> Dict[str, Any]:
+  """The `coco_evaluate` dict of a finished `run_cocoeval`."""
+  groundtruth = evaluator.cocoGt
   stats = {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats)}
   precision = evaluator.eval['precision']  # [T, R, K, A, M]; -1 where no gt.
   per_class = []
   for k, cat_id in enumerate(evaluator.params.catIds):
-    p_all = precision[:, :, k, _AREA_ALL, _MAX_DETS_LAST]
-    p_50 = precision[_IOU_50, :, k, _AREA_ALL, _MAX_DETS_LAST]
+    p_all = precision[:, :, k, curves.AREA_ALL, curves.MAX_DETS_LAST]
+    p_50 = precision[curves.IOU_50, :, k, curves.AREA_ALL, curves.MAX_DETS_LAST]
     num_gt = len(groundtruth.getAnnIds(imgIds=evaluator.params.imgIds, catIds=[cat_id],
                                        iscrowd=False))
     per_class.append({
@@ -161,7 +186,8 @@ def coco_evaluate(groundtruth: COCO, results: List[Dict[str, Any]],
         'AP': _mean_valid(p_all), 'AP50': _mean_valid(p_50)})
   return {'stats': stats,
           'stats_without_groundtruth': [n for n, v in stats.items() if v == NO_GROUNDTRUTH],
-          'per_class': per_class}
+          'per_class': per_class,
+          'f1': curves.f1_summary(curves.f1_curve(evaluator))}
 
 
 def _mean_valid(values):
@@ -190,7 +216,8 @@ def read_original_images(groundtruth: COCO, image_dir: str,
 
 def evaluate_images(detect_image_fn: ImageDetectFn, annotation_file: str,
                     image_dir: str, max_images: Optional[int] = None,
-                    detections_file: Optional[str] = None) -> Dict[str, Any]:
+                    detections_file: Optional[str] = None,
+                    analyze: Optional[AnalyzeFn] = None) -> Dict[str, Any]:
   """Runs `detect_image_fn` on every original image of `annotation_file`, then COCOeval.
 
   Args:
@@ -200,6 +227,9 @@ def evaluate_images(detect_image_fn: ImageDetectFn, annotation_file: str,
     image_dir: folder the images' `file_name`s are relative to.
     max_images: evaluate only the first N images of the file (None: all).
     detections_file: optional path to write the COCO results JSON.
+    analyze: optional `analyze(evaluator, results)` called with the finished COCOeval
+      and the COCO results (e.g. `evaluation.plots.write_plots`); the dict it returns
+      is added to the report under 'analysis'.
 
   Returns:
     dict: the `coco_evaluate` keys plus annotation_file, num_images,
@@ -227,7 +257,10 @@ def evaluate_images(detect_image_fn: ImageDetectFn, annotation_file: str,
   report = {'annotation_file': annotation_file, 'num_images': len(image_ids),
             'images_not_evaluated': max(expected - len(image_ids), 0),
             'num_detections': len(results)}
-  report.update(coco_evaluate(groundtruth, results, image_ids, annotation_file))
+  evaluator = run_cocoeval(groundtruth, results, image_ids, annotation_file)
+  report.update(summarize_cocoeval(evaluator))
+  if analyze is not None:
+    report['analysis'] = dict(analyze(evaluator, results))
   report['detect_seconds'] = sum(times)
   report['images_per_second'] = len(timed) / max(sum(timed), _MIN_SECONDS)
   report['note'] = NO_GROUNDTRUTH_NOTE
@@ -259,6 +292,17 @@ def format_report(report: Mapping[str, Any]) -> str:
     mark = '  (no ground truth)' if row['AP'] == NO_GROUNDTRUTH else ''
     lines.append(f'{row["name"][:16]:16s}{row["dataset_id"]:5d}{row["num_groundtruths"]:6d}'
                  f'{row["AP"]:8.3f}{row["AP50"]:8.3f}{mark}')
+  lines += format_f1(report.get('f1'))
   if report['stats_without_groundtruth']:
     lines.append(f'note: {NO_GROUNDTRUTH_NOTE}')
   return '\n'.join(lines)
+
+
+def format_f1(f1: Optional[Mapping[str, Any]]) -> List[str]:
+  """The best-F1 score threshold line (none without ground truth)."""
+  if not f1 or f1.get('best_score_threshold') is None:
+    return []
+  return [f'best F1 {f1["best_f1"]:.3f} at score threshold '
+          f'{f1["best_score_threshold"]:.3f} (IoU {f1["iou_threshold"]:g}; class means: '
+          f'precision {f1["precision"]:.3f}, recall {f1["recall"]:.3f}); for '
+          f'tools/export.py --score_threshold']

@@ -14,7 +14,6 @@ import tf_keras
 
 from official.core import base_task
 from official.core import task_factory
-from official.vision.evaluation import coco_evaluator
 from official.vision.utils.object_detection import visualization_utils
 
 from mnv2_det.configs import ssdlite as ssdlite_cfg
@@ -23,6 +22,7 @@ from mnv2_det.modeling import factory
 from mnv2_det.ops import anchors as anchor_ops
 from mnv2_det.ops import losses as loss_ops
 from mnv2_det.ops import matching
+from mnv2_det.tasks import coco_metric
 
 VISUALIZED_IMAGES = 4  # eval images drawn with their detections in TensorBoard
 
@@ -209,7 +209,8 @@ class SSDLiteTask(base_task.Task):
     if not training:
       annotation_file = (self.task_config.annotation_file or
                          self.task_config.validation_data.annotation_file or None)
-      self.coco_metric = coco_evaluator.COCOEvaluator(
+      # MG's COCOEvaluator; it also keeps its last inputs for training-time plots.
+      self.coco_metric = coco_metric.RecordingCOCOEvaluator(
           annotation_file=annotation_file, include_mask=False,
           need_rescale_bboxes=False,
           per_category_metrics=self.task_config.per_category_metrics)

@@ -338,3 +338,14 @@ def test_parse_xml_lines(tmp_path):
   assert (root.tag, root.line) == ('a', 1)
   assert [(c.tag, c.line) for c in root.children] == [('b', 2), ('c', 4)]
   assert root.find('c').find('d').text == 'x'
+
+
+def test_failed_write_leaves_nothing(yolo, tmp_path, capsys, monkeypatch):
+  """The JSON goes to a temp file renamed only after the reader read it back."""
+  def refuse(path, *args, **kwargs):
+    assert os.path.isfile(path) and path != str(tmp_path / 'yolo.json')
+    raise ValueError(f'{path}: refused')
+  monkeypatch.setattr(convert_dataset.coco_reader, 'read_coco', refuse)
+  code, _, err = _run(_yolo_args(yolo, tmp_path / 'yolo.json'), capsys)
+  assert code == 2 and 'refused' in err
+  assert sorted(os.listdir(tmp_path)) == ['data']  # no output, no temp file

@@ -19,6 +19,10 @@ training targets. An image with no annotation is a valid negative.
 Image files are checked once up front (see image_check.py); a bad file is
 skipped with its name and reason in `ReadStats.skipped_images` and a warning,
 or raises ValueError with `on_bad_image='raise'`.
+
+With `record_findings=True`, every repair and skip above is also listed, with the
+image's file name, in `ReadStats.findings` (tools/check_data.py reports them), so a
+dataset check applies exactly these rules.
 """
 
 import dataclasses
@@ -36,6 +40,13 @@ from mnv2_det.data.category_map import CategoryMap
 # Number of bad image names spelled out in the warning before "... and N more".
 MAX_NAMES_IN_WARNING = 10
 BAD_IMAGE_POLICIES = ('skip', 'raise')
+# Finding kinds, one per ReadStats counter (and skipped_images).
+CLIPPED_BOX = 'clipped_box'
+DROPPED_BOX = 'dropped_box'
+FILLED_AREA = 'filled_area'
+FILLED_ISCROWD = 'filled_iscrowd'
+SKIPPED_IMAGE = 'skipped_image'
+FINDING_KINDS = (CLIPPED_BOX, DROPPED_BOX, FILLED_AREA, FILLED_ISCROWD, SKIPPED_IMAGE)
 
 
 @dataclasses.dataclass
@@ -66,9 +77,20 @@ class ImageRecord:
     return int(self.classes.shape[0])
 
 
+@dataclasses.dataclass(frozen=True)
+class Finding:
+  """One repair or skip: `kind` (FINDING_KINDS), the image's `file_name`, `where` in
+  the JSON (`annotations[i]` / `images[i]`) and a short `detail`."""
+  kind: str
+  file_name: str
+  where: str
+  detail: str
+
+
 @dataclasses.dataclass
 class ReadStats:
-  """Counts of what the reader repaired or skipped."""
+  """Counts of what the reader repaired or skipped; `findings` lists each one when
+  read_coco is asked to record them (None otherwise)."""
   num_images: int = 0
   num_annotations: int = 0
   num_crowd: int = 0
@@ -79,6 +101,11 @@ class ReadStats:
   filled_iscrowd: int = 0
   # (file_name, reason) of every image skipped by the up-front check.
   skipped_images: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
+  findings: Optional[List[Finding]] = None
+
+  def note(self, kind: str, file_name: str, where: str, detail: str) -> None:
+    if self.findings is not None:
+      self.findings.append(Finding(kind, file_name, where, detail))
 
 
 @dataclasses.dataclass
@@ -164,7 +191,7 @@ def _images(data: dict, path: str) -> Dict[int, dict]:
     if image_id in images:
       raise ValueError(f'{path}: {where} duplicates image id {image_id}')
     images[image_id] = dict(file_name=file_name, height=height, width=width,
-                            anns=[])
+                            anns=[], where=where)
   return images
 
 
@@ -193,16 +220,23 @@ def _attach_annotations(data, path, images, category_map, stats):
                        f'(known: {sorted(known)})')
     stats.num_annotations += 1
     image = images[image_id]
+    name = image['file_name']
     if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
       stats.dropped_boxes += 1
+      stats.note(DROPPED_BOX, name, where, f'bbox {[x, y, w, h]}: width or height <= 0 '
+                 'or not finite')
       continue
     x0, y0 = max(x, 0.0), max(y, 0.0)
     x1, y1 = min(x + w, float(image['width'])), min(y + h, float(image['height']))
     if x1 <= x0 or y1 <= y0:  # Entirely outside the image.
       stats.dropped_boxes += 1
+      stats.note(DROPPED_BOX, name, where, f'bbox {[x, y, w, h]}: outside the '
+                 f'{image["width"]}x{image["height"]} image')
       continue
     if (x0, y0, x1, y1) != (x, y, x + w, y + h):
       stats.clipped_boxes += 1
+      stats.note(CLIPPED_BOX, name, where, f'bbox {[x, y, w, h]} clipped to '
+                 f'{[x0, y0, x1 - x0, y1 - y0]}')
     if 'area' in ann:
       area = ann['area']
       if isinstance(area, bool) or not isinstance(area, (int, float)):
@@ -210,11 +244,13 @@ def _attach_annotations(data, path, images, category_map, stats):
     else:
       area = (x1 - x0) * (y1 - y0)
       stats.filled_area += 1
+      stats.note(FILLED_AREA, name, where, f'no `area`: box area {area:g}')
     if 'iscrowd' in ann:
       is_crowd = bool(_int_field(ann, 'iscrowd', where, path))
     else:
       is_crowd = False
       stats.filled_iscrowd += 1
+      stats.note(FILLED_ISCROWD, name, where, 'no `iscrowd`: 0')
     stats.num_crowd += int(is_crowd)
     image['anns'].append((y0 / image['height'], x0 / image['width'],
                           y1 / image['height'], x1 / image['width'],
@@ -240,7 +276,8 @@ def read_category_map(annotation_file: str) -> CategoryMap:
 def read_coco(annotation_file: str, image_dir: str,
               check_images: str = image_check.DEFAULT_CHECK_LEVEL,
               on_bad_image: str = 'skip',
-              category_map: Optional[CategoryMap] = None) -> CocoDataset:
+              category_map: Optional[CategoryMap] = None,
+              record_findings: bool = False) -> CocoDataset:
   """Loads and validates a COCO instances file.
 
   Args:
@@ -252,6 +289,7 @@ def read_coco(annotation_file: str, image_dir: str,
     category_map: optional table to use instead of the file's `categories`
       (e.g. the training set's table when reading a validation file). The
       file's category ids must all be in it.
+    record_findings: also list every repair and skip in `stats.findings`.
 
   Returns:
     A CocoDataset whose records are in the order of the file's `images`.
@@ -272,7 +310,7 @@ def read_coco(annotation_file: str, image_dir: str,
       raise ValueError(f'{annotation_file}: category ids {sorted(extra)} are not '
                        f'in the given category map {list(category_map.dataset_ids)}')
   images = _images(data, annotation_file)
-  stats = ReadStats()
+  stats = ReadStats(findings=[] if record_findings else None)
   _attach_annotations(data, annotation_file, images, category_map, stats)
 
   records = []
@@ -285,6 +323,7 @@ def read_coco(annotation_file: str, image_dir: str,
         raise ValueError(f'{annotation_file}: image {record.file_path} '
                          f'(id {image_id}): {reason}')
       stats.skipped_images.append((image['file_name'], reason))
+      stats.note(SKIPPED_IMAGE, image['file_name'], image['where'], reason)
       continue
     records.append(record)
     stats.num_negative_images += int(record.num_instances == 0)

@@ -19,7 +19,7 @@ not modelled.
 """
 
 import dataclasses
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -36,6 +36,8 @@ LARGE_MIN_AREA = 96**2
 SIZE_BUCKETS = ('small', 'medium', 'large')
 # Boxes per IoU chunk (chunk x num_anchors float32 in memory at once).
 IOU_CHUNK = 4096
+# Images per matcher call of positives_per_box.
+MATCH_CHUNK = 64
 # Edges (sqrt of box area, input pixels) of the coverage-vs-size curve: half octaves.
 SIZE_BIN_EDGES = tuple(float(2**(k / 2)) for k in range(2, 23))
 
@@ -74,30 +76,27 @@ def input_frame_boxes(records, input_hw: Tuple[int, int], resize_mode: str) -> G
     resize_mode: 'fixed' or 'keep_aspect' (validated with the parser's rule).
   """
   out = preprocess.validate_resize(resize_mode, list(input_hw))
-  by_size: Dict[Tuple[int, int], List[int]] = {}
-  for i, r in enumerate(records):
-    by_size.setdefault((r.height, r.width), []).append(i)
-  parts = []
-  for hw, indices in by_size.items():
-    size = preprocess.scaled_size(tf.constant(hw, tf.int32), out, resize_mode)
-    keeps = [~records[i].is_crowd for i in indices]
-    boxes = np.concatenate([records[i].boxes[k] for i, k in zip(indices, keeps)])
-    if not boxes.shape[0]:
-      continue
-    mapped = preprocess.boxes_to_output_frame(tf.constant(boxes), size, out).numpy()
-    splits = np.cumsum([int(k.sum()) for k in keeps])[:-1]
-    for i, k, b in zip(indices, keeps, np.split(mapped, splits)):
-      if b.shape[0]:
-        parts.append((i, records[i].classes[k], b))
-  parts.sort(key=lambda p: p[0])  # record order
-  if not parts:
+  keeps = [~r.is_crowd for r in records]
+  counts = np.array([int(k.sum()) for k in keeps], np.int64)
+  image = np.repeat(np.arange(len(records), dtype=np.int64), counts)
+  if not image.size:
     empty = np.zeros([0], np.float32)
-    return GtBoxes(np.zeros([0], np.int64), np.zeros([0], np.int32),
-                   np.zeros([0, 4], np.float32), empty, empty.copy())
-  boxes = np.concatenate([p[2] for p in parts]).astype(np.float32)
+    return GtBoxes(image, np.zeros([0], np.int32), np.zeros([0, 4], np.float32), empty,
+                   empty.copy())
+  content = np.concatenate([r.boxes[k] for r, k in zip(records, keeps)]).astype(np.float32)
+  image_hw = np.array([(r.height, r.width) for r in records], np.int32)[image]
+
+  def one_box(args):  # the parser's two calls, on one box of one image
+    box, hw = args
+    size = preprocess.scaled_size(hw, out, resize_mode)
+    return preprocess.boxes_to_output_frame(box[tf.newaxis], size, out)[0]
+
+  boxes = tf.vectorized_map(one_box, (tf.constant(content), tf.constant(image_hw)))
+  boxes = boxes.numpy().astype(np.float32)
   return GtBoxes(
-      image=np.concatenate([np.full(len(p[1]), p[0], np.int64) for p in parts]),
-      classes=np.concatenate([p[1] for p in parts]).astype(np.int32),
+      image=image,
+      classes=np.concatenate([r.classes[k] for r, k in zip(records, keeps)]).astype(
+          np.int32),
       boxes=boxes,
       height_px=(boxes[:, 2] - boxes[:, 0]) * out[0],
       width_px=(boxes[:, 3] - boxes[:, 1]) * out[1])
@@ -116,24 +115,41 @@ def best_iou(boxes: np.ndarray, anchors: np.ndarray) -> np.ndarray:
 
 def positives_per_box(gt: GtBoxes, anchors: np.ndarray, match_threshold: float,
                       unmatched_threshold: float) -> np.ndarray:
-  """`[M]` int64: anchors the matcher makes positive for each box, image by image."""
+  """`[M]` int64: anchors the matcher makes positive for each box, image by image.
+
+  Images go to `matching.assign_targets` MATCH_CHUNK at a time (tf.map_fn), their box
+  lists padded with class-0 rows, which the matcher drops as it drops the pipeline's
+  padding.
+  """
   anchors_t = tf.constant(anchors, tf.float32)
 
-  @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32),
-                                tf.TensorSpec([None], tf.int32)])
-  def matched_index(boxes, classes):
-    targets = matching.assign_targets(anchors_t, boxes, classes,
-                                      match_threshold=match_threshold,
-                                      unmatched_threshold=unmatched_threshold)
-    return targets['matched_gt_index']
+  def one_image(args):
+    boxes, classes = args
+    return matching.assign_targets(anchors_t, boxes, classes,
+                                   match_threshold=match_threshold,
+                                   unmatched_threshold=unmatched_threshold
+                                   )['matched_gt_index']
+
+  @tf.function(input_signature=[tf.TensorSpec([None, None, 4], tf.float32),
+                                tf.TensorSpec([None, None], tf.int32)])
+  def matched_index(boxes, classes):  # [B, M, 4], [B, M] -> [B, N]
+    return tf.map_fn(one_image, (boxes, classes), fn_output_signature=tf.int32)
 
   counts = np.zeros([len(gt)], np.int64)
-  if not len(gt):
-    return counts
-  starts = np.flatnonzero(np.r_[True, gt.image[1:] != gt.image[:-1]])
-  for start, stop in zip(starts, np.r_[starts[1:], len(gt)]):
-    index = matched_index(gt.boxes[start:stop], gt.classes[start:stop]).numpy()
-    counts[start:stop] = np.bincount(index[index >= 0], minlength=stop - start)
+  starts = np.flatnonzero(np.r_[True, gt.image[1:] != gt.image[:-1]]) if len(gt) else []
+  stops = np.r_[starts[1:], len(gt)].astype(np.int64) if len(gt) else []
+  for c in range(0, len(starts), MATCH_CHUNK):
+    spans = list(zip(starts[c:c + MATCH_CHUNK], stops[c:c + MATCH_CHUNK]))
+    width = max(stop - start for start, stop in spans)
+    boxes = np.zeros([len(spans), width, 4], np.float32)
+    classes = np.zeros([len(spans), width], np.int32)  # 0: padding
+    for j, (start, stop) in enumerate(spans):
+      boxes[j, :stop - start] = gt.boxes[start:stop]
+      classes[j, :stop - start] = gt.classes[start:stop]
+    index = matched_index(boxes, classes).numpy()
+    for j, (start, stop) in enumerate(spans):
+      row = index[j]
+      counts[start:stop] = np.bincount(row[row >= 0], minlength=width)[:stop - start]
   return counts
 
 

@@ -317,12 +317,38 @@ def test_eval_cli_plot_flag_errors_are_one_line(model_dir, tmp_path, capsys, ext
 
 
 # ----------------------------------------------------------------- training-time plots
-def _metric_fed(groundtruth_json, results, batch=2):
-  """A RecordingCOCOEvaluator fed `results` in the task's prediction format."""
-  metric = coco_metric.RecordingCOCOEvaluator(annotation_file=groundtruth_json,
-                                              include_mask=False, need_rescale_bboxes=False)
+def _groundtruths(dataset, chunk, n=5):
+  """The pipeline's `groundtruths` (MG's keys; boxes original pixels yxyx) of `chunk`."""
+  boxes = np.zeros([len(chunk), n, 4], np.float32)
+  classes = -np.ones([len(chunk), n], np.int32)
+  crowds = np.zeros([len(chunk), n], np.int32)
+  areas = np.zeros([len(chunk), n], np.float32)
+  counts = np.zeros([len(chunk)], np.int32)
+  for b, image_id in enumerate(chunk):
+    mine = [a for a in dataset['annotations'] if a['image_id'] == image_id]
+    for j, a in enumerate(mine):
+      x, y, w, h = a['bbox']
+      boxes[b, j], classes[b, j] = [y, x, y + h, x + w], a['category_id']
+      crowds[b, j], areas[b, j] = a['iscrowd'], a['area']
+    counts[b] = len(mine)
+  sizes = {i['id']: i for i in dataset['images']}
+  return {'source_id': tf.constant(chunk, tf.int64),
+          'height': tf.constant([sizes[i]['height'] for i in chunk]),
+          'width': tf.constant([sizes[i]['width'] for i in chunk]),
+          'num_detections': tf.constant(counts), 'boxes': tf.constant(boxes),
+          'classes': tf.constant(classes), 'is_crowds': tf.constant(crowds),
+          'areas': tf.constant(areas)}
+
+
+def _metric_fed(groundtruth_json, results, batch=2, from_pipeline=False):
+  """A RecordingCOCOEvaluator fed `results` in the task's prediction format; with
+  `from_pipeline` it has no annotation file and gets the ground truth as for TFRecords."""
+  metric = coco_metric.RecordingCOCOEvaluator(
+      annotation_file=None if from_pipeline else groundtruth_json, include_mask=False,
+      need_rescale_bboxes=False)
   with open(groundtruth_json, encoding='utf-8') as f:
-    ids = [i['id'] for i in json.load(f)['images']]
+    dataset = json.load(f)
+  ids = [i['id'] for i in dataset['images']]
   n = 5
   for start in range(0, len(ids), batch):
     chunk = ids[start:start + batch]
@@ -337,7 +363,7 @@ def _metric_fed(groundtruth_json, results, batch=2):
         boxes[b, j] = [y, x, y + h, x + w]
         scores[b, j], classes[b, j] = r['score'], r['category_id']
       counts[b] = len(mine)
-    metric.update_state(None, {
+    metric.update_state(_groundtruths(dataset, chunk) if from_pipeline else None, {
         'source_id': tf.constant(chunk, tf.int64), 'detection_boxes': tf.constant(boxes),
         'detection_scores': tf.constant(scores), 'detection_classes': tf.constant(classes),
         'num_detections': tf.constant(counts),
@@ -384,6 +410,16 @@ def test_training_time_plots_from_the_task_metric(tmp_path):
   plain = _metric_fed(gt_file, results)
   plain.result()
   assert plain.last is None
+  # Ground truth from the pipeline (TFRecord validation data): the same plots, named
+  # by the task's label map.
+  piped = _metric_fed(gt_file, results, from_pipeline=True)
+  names = {CAT: 'cat', DOG: 'dog', BIRD: 'bird'}
+  train_plots.EvalPlotsAction(piped, model_dir, os.path.join(model_dir, 'validation'),
+                              lambda: 9, score_threshold=0.5, label_map=names,
+                              printer=lambda *a, **k: None)(piped.result())
+  out9 = os.path.join(model_dir, 'plots', 'step_9')
+  assert _load(out9, plots.CONFUSION) == m
+  assert _load(out9, plots.PR_IOU50) == _load(out, plots.PR_IOU50)
 
 
 # ----------------------------------------------------------------- early stopping

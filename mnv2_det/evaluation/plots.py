@@ -78,7 +78,7 @@ def _pr_figure(pr: Dict[str, Any], key: str, title: str) -> bytes:
     mean = pr['mean_iou50' if key == 'precision_iou50' else 'mean_iou50_95']
     axes.plot(recall, mean, color='black', linewidth=3,
               label=f'all classes {float(np.mean(mean)):.3f} {ap_key}')
-    axes.legend(loc='lower left', fontsize='small')
+    axes.legend(loc='best', fontsize='small')
   else:
     axes.text(0.5, 0.5, 'no ground truth', ha='center', va='center')
   axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel='recall', ylabel='precision', title=title)
@@ -119,7 +119,7 @@ def _f1_figure(f1: Dict[str, Any]) -> bytes:
     axes.plot(thresholds, f1['mean_f1'], color='black', linewidth=3,
               label=f'all classes {f1["best_f1"]:.3f} at {f1["best_score_threshold"]:.3f}')
     axes.axvline(f1['best_score_threshold'], color='black', linestyle='--', linewidth=1)
-    axes.legend(loc='lower left', fontsize='small')
+    axes.legend(loc='best', fontsize='small')
   else:
     axes.text(0.5, 0.5, 'no ground truth', ha='center', va='center')
   axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel='score threshold (keep score >= t)',

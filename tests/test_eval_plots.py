@@ -18,6 +18,7 @@ import subprocess
 import sys
 
 import numpy as np
+import orbit
 from PIL import Image
 import pytest
 import tensorflow as tf
@@ -452,6 +453,55 @@ def test_early_stopping_config_errors():
   stopper = early_stopping.EarlyStopping(1, 'APX')
   with pytest.raises(ValueError, match=r"metric 'APX' is not among the eval metrics \(AP"):
     stopper.update({'AP': 0.1, 'AP50': 0.2}, step=1)
+
+
+class _FakeTrainer(orbit.AbstractTrainer):
+  def __init__(self, step):
+    self.step = step
+
+  def train(self, num_steps):
+    self.step.assign_add(int(num_steps))
+
+
+class _FakeEvaluator(orbit.AbstractEvaluator):
+  """Returns the next AP of `values` at each evaluation."""
+
+  def __init__(self, values):
+    self.values = list(values)
+
+  def evaluate(self, num_steps):
+    return {'AP': np.float32(self.values.pop(0))}
+
+
+@pytest.mark.parametrize('values, stop_step', [
+    ([0.1, 0.2, 0.2, 0.2, 0.9], 8),   # best at 4, no better at 6 and 8: stops at 8 of 10
+    ([0.1, 0.2, 0.3, 0.3, 0.3], None),  # would stop at 10, the last evaluation anyway
+    ([0.1, 0.2, 0.3, 0.4, 0.5], None),
+])
+def test_controller_leaves_orbits_loop(tmp_path, values, stop_step):
+  step = tf.Variable(0, dtype=tf.int64)
+  checkpoint = tf.train.Checkpoint(step=step)
+  manager = tf.train.CheckpointManager(checkpoint, str(tmp_path), max_to_keep=None,
+                                       step_counter=step, checkpoint_interval=100)
+  evaluator, lines = _FakeEvaluator(values), []
+  stopper = early_stopping.EarlyStopping(2)
+  controller = early_stopping.EarlyStoppingController(
+      global_step=step, trainer=_FakeTrainer(step), evaluator=evaluator,
+      steps_per_loop=2, checkpoint_manager=manager, stopper=stopper,
+      best_dir=str(tmp_path), printer=lambda line, **k: lines.append(line))
+  output = controller.train_and_evaluate(train_steps=10, eval_interval=2)
+  if stop_step is None:
+    assert int(step.numpy()) == 10 and not lines and not evaluator.values
+    return
+  assert int(step.numpy()) == stop_step and len(evaluator.values) == 1
+  assert output == {'AP': np.float32(values[3])}
+  assert lines == [f'early stopping at step {stop_step}: AP has not improved on its best '
+                   f'0.2000 (step 4) for 2 evaluation(s) (trainer.early_stopping.patience '
+                   f'2); best checkpoint: {tmp_path}']
+  assert manager.latest_checkpoint.endswith(f'ckpt-{stop_step}')  # saved at the stop
+  # Outside train_and_evaluate (e.g. a post-training eval) nothing is counted.
+  controller.evaluate()
+  assert stopper.evals_without_improvement == 2
 
 
 def _events_with_tag(folder, tag):

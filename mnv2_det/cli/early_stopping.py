@@ -108,18 +108,20 @@ class EarlyStoppingController(orbit.Controller):
     self._stopper = stopper
     self._best_dir = best_dir
     self._printer = printer
-    self._in_train_and_evaluate = False
+    self._train_steps: Optional[int] = None  # set inside train_and_evaluate only
 
   def evaluate(self, steps: int = -1):
     output = super().evaluate(steps)
-    if self._in_train_and_evaluate and self._stopper.update(
-        output, int(self.global_step.numpy())):
-      raise _Stop(output)
+    if self._train_steps is not None:
+      step = int(self.global_step.numpy())
+      # After the last scheduled evaluation the run ends anyway: no early-stop line.
+      if self._stopper.update(output, step) and step < self._train_steps:
+        raise _Stop(output)
     return output
 
   def train_and_evaluate(self, train_steps: int, eval_steps: int = -1,
                          eval_interval: Optional[int] = None):
-    self._in_train_and_evaluate = True
+    self._train_steps = int(train_steps)
     try:
       return super().train_and_evaluate(train_steps, eval_steps, eval_interval)
     except _Stop as stop:
@@ -135,7 +137,7 @@ class EarlyStoppingController(orbit.Controller):
       self._printer(line, flush=True)
       return stop.output
     finally:
-      self._in_train_and_evaluate = False
+      self._train_steps = None
 
 
 def controller_cls(params, model_dir: str, printer: Callable[..., None] = print):

@@ -6,6 +6,11 @@ tf.train.Checkpoint(model=...) like the Model Garden trainer. Its detections thr
 tools/predict.py are compared with the in-process model (eval preprocessing + model
 call), so a wrong box order (yxyx vs xywh), a wrong class id (contiguous vs dataset)
 or a wrong image scale fails the test.
+
+Both resize modes (`task.validation_data.parser.resize_mode`: 'fixed' stretch and
+'keep_aspect' fit + pad) are exported and served: the checkpoint, SavedModel and
+TFLite fp32 paths of tools/predict.py give the same top-K detections, all K rows
+(`test_all_k_rows_agree_across_checkpoint_saved_model_and_tflite`).
 """
 
 import json
@@ -22,6 +27,7 @@ from mnv2_det.data import shapes
 from mnv2_det.data.category_map import UNKNOWN
 from mnv2_det.export import saved_model
 from mnv2_det.export import serving_inputs
+from mnv2_det.export import tflite
 from mnv2_det.export import tflite_convert
 from mnv2_det.core import errors
 from mnv2_det.cli import predict
@@ -39,6 +45,19 @@ UINT16_PER_UINT8 = 257  # 65535 / 255: 16-bit value of an 8-bit grey level.
 GOOD_NAMES = ('val_000000.jpg', 'val_000001.jpg', 'gray.png', 'gray_rgb.png',
               'gray16.png', 'rgb.png', 'rgba.png')
 BAD_NAMES = ('corrupt.jpg', 'empty.png', 'notes.png')
+RESIZE_MODES = ('fixed', 'keep_aspect')
+# The TFLite op runs NMS on unclipped boxes and clips afterwards; the TF path does so
+# with `clip_before_nms: false` (the default clips first, so the two disagree from the
+# first row where clipping changes an IoU test: row 39..76 of 100 on these images).
+SAME_NMS_ORDER = 'task.model.detection_generator.clip_before_nms=false'
+# One landscape, one near-square and one portrait image (the first, transposed).
+TOP_K_NAMES = ('val_000000.jpg', 'val_000001.jpg', 'portrait.png')
+MAX_DETECTIONS = 100  # The experiment's max_num_detections: every image fills it.
+# TFLite (its own kernels and NMS op) vs TF, through the JSON of tools/predict.py,
+# original pixels (images of 191..373 px): measured max |diff| 3.4e-4 px for boxes and
+# 3.5e-6 for scores over all rows of both modes; ~6x margin.
+TFLITE_BOX_ATOL_PX = 2e-3
+TFLITE_SCORE_ATOL = 2e-5
 
 
 @pytest.fixture(scope='module')
@@ -73,15 +92,16 @@ def setup(tmp_path_factory):
               out=tmp_path_factory.mktemp('out'))
 
 
-def _reference(setup, image):
+def _reference(setup, image, model=None, resize_mode='fixed'):
   """In-process detections: eval preprocessing + model; dataset ids, score order.
 
   Detections without a dataset id would be dropped, as the tool (and COCO results)
   must; the model detects only the category table's classes, so there are none.
   """
   prepared, info = serving_inputs.prepare_image(tf.constant(image), [INPUT, INPUT],
-                                                'fixed')
-  out = setup['model'](prepared[None], image_info=info[None], training=False)
+                                                resize_mode)
+  model = setup['model'] if model is None else model
+  out = model(prepared[None], image_info=info[None], training=False)
   n = int(out['num_detections'][0])
   classes = setup['category_map'].tf_to_dataset(out['detection_classes']).numpy()[0, :n]
   keep = classes != UNKNOWN
@@ -235,8 +255,10 @@ def test_no_readable_image_exit_2(setup, capsys):
 
 
 def test_saved_model_and_tflite_match_checkpoint(setup, checkpoint_run):
-  """The SavedModel runs the same serving function: same results. TFLite (its own
-  NMS op) agrees on the top detections."""
+  """The SavedModel runs the same serving function: the same results, bit for bit,
+  every row. TFLite (its own NMS op, on unclipped boxes) agrees on the top detection
+  with the config's default clip-before-NMS; with the op's order, on every row
+  (test_all_k_rows_agree_across_checkpoint_saved_model_and_tflite)."""
   s = setup
   sm_dir = saved_model.export_saved_model(s['params'], s['model'], s['category_map'],
                                           str(s['out'] / 'sm'))
@@ -246,9 +268,8 @@ def test_saved_model_and_tflite_match_checkpoint(setup, checkpoint_run):
   got_images, got, categories = _load(out)
   assert got_images == want_images
   assert {c['id']: c['name'] for c in categories} == SHAPES_NAMES  # detector.json
-  assert [r['category_id'] for r in got] == [r['category_id'] for r in want]
-  np.testing.assert_allclose([r['bbox'] for r in got], [r['bbox'] for r in want],
-                             atol=1e-3)
+  assert len(got) == len(want) == len(GOOD_NAMES) * MAX_DETECTIONS
+  assert got == want  # image ids, dataset ids, boxes and scores: equal floats.
 
   path = tflite_convert.export_tflite(s['params'], s['model'], s['category_map'],
                                       str(s['out'] / 'm.tflite'), 'fp32')
@@ -260,6 +281,131 @@ def test_saved_model_and_tflite_match_checkpoint(setup, checkpoint_run):
   assert got[0]['category_id'] == top['category_id']
   np.testing.assert_allclose(got[0]['bbox'], top['bbox'], atol=0.5)
   np.testing.assert_allclose(got[0]['score'], top['score'], atol=1e-3)
+
+
+def _assert_same_rows(got, want, box_atol, score_atol, what):
+  """One image's COCO results from two paths: as many rows; row by row the same class,
+  boxes and scores within the tolerances. Rows whose scores tie (consecutive scores
+  within `score_atol`) may come in either order: such a run is compared sorted."""
+  assert len(got) == len(want), (what, len(got), len(want))
+  key = lambda r: (r['category_id'], r['bbox'])
+  i = 0
+  while i < len(want):
+    j = i + 1
+    while j < len(want) and want[j - 1]['score'] - want[j]['score'] <= score_atol:
+      j += 1
+    g, w = sorted(got[i:j], key=key), sorted(want[i:j], key=key)
+    assert [r['category_id'] for r in g] == [r['category_id'] for r in w], (what, i)
+    np.testing.assert_allclose([r['bbox'] for r in g], [r['bbox'] for r in w],
+                               atol=box_atol, rtol=0, err_msg=f'{what} rows {i}..{j}')
+    np.testing.assert_allclose([r['score'] for r in g], [r['score'] for r in w],
+                               atol=score_atol, rtol=0, err_msg=f'{what} rows {i}..{j}')
+    i = j
+
+
+def _op_rows_outside_content(tflite_path, image, resize_mode):
+  """How many of the TFLite op's detections lie wholly outside the image content
+  (zero area once clipped to it, e.g. in keep_aspect's padding): `TFLiteDetector`
+  drops them, so they are rows the TFLite path has less than the TF path."""
+  runner = tflite.TFLiteDetector(tflite_path)
+  prepared, info = serving_inputs.prepare_image(tf.constant(image), [INPUT, INPUT],
+                                                resize_mode)
+  raw = runner.run_network(serving_inputs.normalized_to_pixels(prepared).numpy())
+  boxes = raw['detection_boxes'][0, :int(raw['num_detections'][0])]
+  content = info.numpy()[1] / INPUT  # (scaled_h, scaled_w), normalized.
+  y = np.clip(boxes[:, 0::2], 0.0, content[0])
+  x = np.clip(boxes[:, 1::2], 0.0, content[1])
+  return int(np.sum((y[:, 1] <= y[:, 0]) | (x[:, 1] <= x[:, 0])))
+
+
+@pytest.fixture(scope='module')
+def top_k_runs(setup, tmp_path_factory):
+  """{resize mode: {'outputs': {format: {file name: COCO results}}, ...}}: the same
+  weights with `resize_mode` (train and validation parser) and the op's NMS order,
+  through tools/predict.py as checkpoint (setup's, --params_override), SavedModel and
+  TFLite fp32 exported from that config."""
+  s = setup
+  inputs = tmp_path_factory.mktemp('top_k_images')
+  for name in TOP_K_NAMES[:2]:
+    (inputs / name).write_bytes((s['images'] / name).read_bytes())
+  portrait = np.ascontiguousarray(s['rgb']['val_000000.jpg'].transpose(1, 0, 2))
+  Image.fromarray(portrait).save(inputs / 'portrait.png')
+  rgb = {**s['rgb'], 'portrait.png': portrait}
+  runs = {}
+  for mode in RESIZE_MODES:
+    override = ','.join([s['override'], SAME_NMS_ORDER,
+                         f'task.train_data.parser.resize_mode={mode}',
+                         f'task.validation_data.parser.resize_mode={mode}'])
+    params, task, model = spread_detector(override, NUM_CLASSES, EXPERIMENT)
+    sm_dir = saved_model.export_saved_model(params, model, task.category_map,
+                                            str(s['out'] / f'sm_{mode}'))
+    tfl = tflite_convert.export_tflite(params, model, task.category_map,
+                                       str(s['out'] / f'{mode}.tflite'), 'fp32')
+    outputs = {}
+    for fmt, path, extra in (
+        ('checkpoint', s['prefix'], ['--experiment', EXPERIMENT, '--params_override',
+                                     override]),
+        ('saved_model', sm_dir, []), ('tflite', tfl, [])):
+      rc, out = _run(s, path, f'top_k_{mode}_{fmt}', [inputs / n for n in TOP_K_NAMES],
+                     extra)
+      assert rc == 0, (mode, fmt)
+      outputs[fmt] = _by_file(*_load(out)[:2])
+    runs[mode] = dict(outputs=outputs, model=model, saved_model=sm_dir, tflite=tfl,
+                      rgb=rgb)
+  return runs
+
+
+@pytest.mark.parametrize('resize_mode', RESIZE_MODES)
+def test_resize_mode_is_exported(top_k_runs, resize_mode):
+  run = top_k_runs[resize_mode]
+  with open(os.path.join(run['saved_model'], saved_model.DETECTOR_INFO_FILE),
+            encoding='utf-8') as f:
+    assert json.load(f)['resize_mode'] == resize_mode
+  assert tflite.TFLiteDetector(run['tflite']).info['resize_mode'] == resize_mode
+
+
+@pytest.mark.parametrize('resize_mode', RESIZE_MODES)
+def test_all_k_rows_agree_across_checkpoint_saved_model_and_tflite(
+    setup, top_k_runs, resize_mode):
+  """All K rows, not the top 1: the checkpoint path equals the in-process model with
+  the same resize mode; the SavedModel equals the checkpoint bit for bit; TFLite fp32
+  equals it to float tolerance, classes and order exact (ties excepted). The TFLite op
+  cannot tell padding from image, so in keep_aspect it spends rows on boxes wholly in
+  the padding, which `TFLiteDetector` drops: its rows are the checkpoint's first rows,
+  short by exactly those."""
+  run = top_k_runs[resize_mode]
+  outputs = run['outputs']
+  shortfall = {}
+  for name in TOP_K_NAMES:
+    want = outputs['checkpoint'][name]
+    assert len(want) == MAX_DETECTIONS, (name, len(want))
+    boxes, classes, scores = _reference(setup, run['rgb'][name], run['model'],
+                                        resize_mode)
+    reference = predict.coco_results(want[0]['image_id'], boxes, classes, scores)
+    _assert_same_rows(want, reference, BOX_ATOL_PX, SCORE_ATOL, f'{name} in-process')
+    assert outputs['saved_model'][name] == want, name
+    got = outputs['tflite'][name]
+    missing = _op_rows_outside_content(run['tflite'], run['rgb'][name], resize_mode)
+    assert len(got) == len(want) - missing, (name, len(got), missing)
+    _assert_same_rows(got, want[:len(got)], TFLITE_BOX_ATOL_PX, TFLITE_SCORE_ATOL,
+                      f'{name} TFLite')
+    shortfall[name] = missing
+  print(f'{resize_mode}: TFLite rows short of {MAX_DETECTIONS} (op rows wholly outside '
+        f'the image): {shortfall}')
+  if resize_mode == 'fixed':  # Every anchor lies on the image: nothing to drop.
+    assert set(shortfall.values()) == {0}
+
+
+def test_keep_aspect_is_served_by_every_path(top_k_runs):
+  """Each path really resizes as its config says: the top detections of the
+  non-square images differ between keep_aspect and the stretch."""
+  top = 10
+  for fmt in ('checkpoint', 'saved_model', 'tflite'):
+    fixed = top_k_runs['fixed']['outputs'][fmt]
+    keep = top_k_runs['keep_aspect']['outputs'][fmt]
+    for name in ('val_000000.jpg', 'portrait.png'):
+      assert not np.allclose([r['bbox'] for r in fixed[name][:top]],
+                             [r['bbox'] for r in keep[name][:top]], atol=1.0), (fmt, name)
 
 
 def test_expand_inputs(tmp_path):

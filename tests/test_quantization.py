@@ -1,4 +1,4 @@
-"""int8 vs fp32 TFLite detector: detection agreement on a synthetic val split.
+"""int8 / fp16 vs fp32 TFLite detector: graph structure and detection agreement.
 
 (int8 vs fp32 val AP of a TRAINED model is tests/test_e2e_shapes.py.) Here one tiny
 detector (128x128, multiplier 0.35) with deterministic
@@ -7,9 +7,12 @@ biases ~ -2, background -6) is exported fp32 and int8 (full-integer body, calibr
 REPRESENTATIVE_IMAGES training images), and on the val images:
 each of the fp32 model's top TOP_K detections per image is matched to the int8
 detection of the same class with the highest IoU. Tolerances are set from measured values
-with margin.
+with margin. The int8 graph is checked op by op: integer from the input's QUANTIZE to
+the two DEQUANTIZEs that feed the float post-process op; the fp16 graph is the fp32
+graph with every float constant stored as float16.
 """
 
+import collections
 import json
 
 import numpy as np
@@ -20,6 +23,7 @@ from mnv2_det.export import tflite
 from mnv2_det.export import tflite_convert
 from mnv2_det.evaluation import coco
 from detector_weights import spread_detector, tiny_overrides
+import tflite_graph
 
 EXPERIMENT = 'ssdlite_mnv2_shapes'
 INPUT = 128
@@ -62,20 +66,21 @@ def models(tmp_path_factory):
   params, task, model = spread_detector(
       tiny_overrides(str(root / 'shapes'), INPUT, MULTIPLIER), NUM_CLASSES, EXPERIMENT)
   paths = {}
-  for quant in ('fp32', 'int8'):
+  for quant in ('fp32', 'fp16', 'int8'):
     representative = (tflite_convert.representative_images(
         task, params, REPRESENTATIVE_IMAGES) if quant == 'int8' else None)
     paths[quant] = tflite_convert.export_tflite(
         params, model, task.category_map, str(root / f'{quant}.tflite'), quant,
         representative=representative)
   results = {}
-  for quant, path in paths.items():
+  for quant in ('fp32', 'int8'):
+    path = paths[quant]
     detections = str(root / f'{quant}.json')
     coco.evaluate_images(tflite.TFLiteDetector(path), data['val_annotations'],
                              data['val_images'], detections_file=detections)
     with open(detections, encoding='utf-8') as f:
       results[quant] = json.load(f)
-  return {'data': data, 'paths': paths, 'results': results, 'root': root}
+  return {'data': data, 'paths': paths, 'results': results, 'root': root, 'model': model}
 
 
 def _by_image(results):
@@ -87,6 +92,29 @@ def _by_image(results):
 
 def test_int8_is_quantized(models):
   assert tflite.TFLiteDetector(models['paths']['int8']).input_dtype == np.uint8
+
+
+def test_int8_graph_is_integer_up_to_the_postprocess_op(models):
+  """Every conv / depthwise / add (and every other op) after the input's QUANTIZE and
+  before the two DEQUANTIZEs feeding the post-process op is int8, op counts as the
+  Keras model's layers say (tflite_graph.check_int8_graph)."""
+  paths = models['paths']
+  ops = tflite_graph.check_int8_graph(paths['int8'], paths['fp32'], models['model'])
+  counts = collections.Counter(name for name, _, _ in ops)
+  print('int8 ops:', dict(counts))
+  # This model: 55 convs, 33 depthwise convs, 10 residual adds + the normalization's.
+  assert (counts['CONV_2D'], counts['DEPTHWISE_CONV_2D'], counts['ADD']) == (55, 33, 11)
+
+
+def test_fp16_graph_stores_every_float_constant_as_float16(models):
+  """fp16 is the fp32 graph with float16 weights (a DEQUANTIZE per constant), not a
+  float32 model under another name; its numbers are checked against fp32 on the
+  trained model in tests/test_e2e_shapes.py."""
+  tflite_graph.check_fp16_graph(models['paths']['fp16'], models['paths']['fp32'])
+  sizes = {q: float(np.size(np.fromfile(p, np.uint8))) for q, p in models['paths'].items()}
+  print('file sizes (bytes):', sizes)
+  # Weights are nearly all of the file: float16 halves it (+ metadata and graph).
+  assert 0.45 < sizes['fp16'] / sizes['fp32'] < 0.55
 
 
 def test_int8_detections_agree_with_fp32(models):

@@ -39,6 +39,7 @@ from mnv2_det.cli import early_stopping
 from mnv2_det.core import errors
 from mnv2_det.core import model_dir as model_dir_lib
 from mnv2_det.core import params as params_lib
+from mnv2_det.core import seeding
 from mnv2_det.evaluation import coco
 from mnv2_det.evaluation import train_plots
 
@@ -191,6 +192,7 @@ def _format_seconds(seconds: float) -> str:
 
 def run_experiment(params, model_dir: str, mode: str):
   """Runs `mode` for `params`; returns (model, logs of the last evaluation or {})."""
+  params = seeding.apply(params)  # task.seed / task.op_determinism, before any build
   controller_cls = early_stopping.controller_cls(params, model_dir)  # checks the config
   if 'train' in mode:
     check_model_dir(params, model_dir)

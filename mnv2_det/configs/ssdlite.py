@@ -159,6 +159,11 @@ class SSDLiteTask(cfg.TaskConfig):
   # What `init_checkpoint` initializes: 'all' (layers whose shapes changed, e.g. the class
   # predictor for a new class count, start fresh) or 'backbone'.
   init_checkpoint_modules: str = 'all'
+  # One seed for data order, augmentation and weight initialization (core/seeding.py);
+  # None: unseeded. `op_determinism` (needs `seed`) also makes TF ops deterministic,
+  # so one command run twice on one machine gives the same weights.
+  seed: Optional[int] = None
+  op_determinism: bool = False
 
 
 @dataclasses.dataclass

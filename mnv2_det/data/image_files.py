@@ -17,15 +17,18 @@ GLOB_CHARACTERS = frozenset('*?[')
 _OP_ERROR_NOISE = re.compile(r'\{\{[^}]*\}\}\s*|\s*\[Op:.*$', re.DOTALL)
 
 
-def expand_inputs(inputs: Sequence[str]) -> Tuple[List[str], List[Tuple[str, str]]]:
-  """Image paths of INPUTS (module docstring) and `(input, reason)` of those giving none."""
+def expand_inputs(inputs: Sequence[str], extensions: Sequence[str] = IMAGE_EXTENSIONS
+                  ) -> Tuple[List[str], List[Tuple[str, str]]]:
+  """Paths of INPUTS (module docstring; a folder gives its files with a suffix in
+  `extensions`) and `(input, reason)` of those giving none."""
+  extensions = tuple(extensions)
   paths, problems, seen = [], [], set()
   for item in inputs:
     if os.path.isdir(item):
       found = sorted(os.path.join(item, name) for name in os.listdir(item)
-                     if name.lower().endswith(IMAGE_EXTENSIONS) and
+                     if name.lower().endswith(extensions) and
                      os.path.isfile(os.path.join(item, name)))
-      why = f'folder has no {"/".join(IMAGE_EXTENSIONS)} files'
+      why = f'folder has no {"/".join(extensions)} files'
     elif os.path.lexists(item):
       found, why = [item], ''
     elif GLOB_CHARACTERS & set(item):

@@ -32,6 +32,9 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 ALT_SIZE_FACTORS = (1.0, 1.5, 2.0)
 ALT_MIN_SCALE_FACTORS = (0.5, 0.75, 1.0, 1.5)
 SIZE_MULTIPLE = 32
+# With more classes than this, the summary prints the most frequent and the
+# lowest-covered ones only (report.json has them all).
+MAX_SUMMARY_CLASSES = 10
 
 
 def default_alternatives(model_config) -> Tuple[list, list]:
@@ -242,8 +245,11 @@ def format_summary(report: dict) -> str:
   if r['images_over_max_instances']:
     lines.append(f'{len(r["images_over_max_instances"])} image(s) have more than '
                  f'max_num_instances={r["max_num_instances"]} boxes')
+  classes = sorted(report['classes'], key=lambda c: -c['boxes'])
+  more = len(classes) - MAX_SUMMARY_CLASSES
   lines.append('classes: ' + ', '.join(f'{c["name"]} {c["boxes"]}'
-                                       for c in report['classes']))
+                                       for c in classes[:MAX_SUMMARY_CLASSES]) +
+               (f', ... {more} more (report.json)' if more > 0 else ''))
   s = report['sizes']['input']
   lines.append(f'sizes in the {m["input_size"][0]}x{m["input_size"][1]} '
                f'{m["resize_mode"]} input: small {s["small"]}, medium {s["medium"]}, '
@@ -256,7 +262,16 @@ def format_summary(report: dict) -> str:
   lines.append(f'anchor coverage ({m["num_anchors"]} anchors, best IoU >= '
                f'{m["match_threshold"]}): covered {_pct(t["covered_share"])}, only by '
                f'force match {_pct(t["force_only_share"])}, missed {_pct(t["missed_share"])}')
-  for name, c in list(cov['per_size'].items()) + list(cov['per_class'].items()):
+  rows = list(cov['per_size'].items())
+  per_class = list(cov['per_class'].items())
+  if len(per_class) > MAX_SUMMARY_CLASSES:
+    per_class = sorted([p for p in per_class if p[1]['boxes']],
+                       key=lambda p: p[1]['covered_share'])[:MAX_SUMMARY_CLASSES]
+    rows.append((f'the {len(per_class)} lowest-covered classes (report.json: all)', None))
+  for name, c in rows + per_class:
+    if c is None:
+      lines.append(f'  {name}:')
+      continue
     lines.append(f'  {name:>12s}: {c["boxes"]:6d} boxes, covered {_pct(c["covered_share"])}'
                  f', force only {_pct(c["force_only_share"])}, missed '
                  f'{_pct(c["missed_share"])}')

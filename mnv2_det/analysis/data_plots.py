@@ -22,6 +22,9 @@ from mnv2_det.analysis import anchor_coverage
 PLOT_FILES = ('classes.png', 'box_sizes.png', 'aspect_ratios.png', 'coverage.png')
 DPI = 100
 FIGSIZE = (7.0, 4.0)
+# classes.png grows by this many inches per class beyond MANY_CLASSES (names stay legible).
+MANY_CLASSES = 12
+INCHES_PER_CLASS = 0.15
 ASPECT_TICKS = (1 / 8, 1 / 4, 1 / 3, 1 / 2, 1, 2, 3, 4, 8)
 SIZE_TICKS = (2, 4, 8, 16, 32, 64, 96, 128, 256, 512, 1024, 2048)
 
@@ -123,8 +126,10 @@ def _coverage(report, ax) -> None:
 def write_plots(report: dict, out_dir: str) -> List[str]:
   """Writes PLOT_FILES into `out_dir` (existing); returns their paths."""
   paths = []
+  extra = max(0, len(report['classes']) - MANY_CLASSES) * INCHES_PER_CLASS
   for name, draw in zip(PLOT_FILES, (_classes, _sizes, _aspects, _coverage)):
-    fig, ax = plt.subplots(figsize=FIGSIZE)
+    size = (FIGSIZE[0] + extra, FIGSIZE[1] + 1.0) if draw is _classes and extra else FIGSIZE
+    fig, ax = plt.subplots(figsize=size)
     try:
       draw(report, ax)
       ax.set_title(_title(report), fontsize=10)

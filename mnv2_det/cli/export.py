@@ -21,6 +21,10 @@ augmentation, or with --calibration_images DIR the first N readable images of an
 folder (recursive; unreadable files skipped with a warning; no readable image is an
 error), resized as TFLiteDetector does (mnv2_det/export/calibration.py).
 
+A quantization-aware trained model (`--experiment ssdlite_mnv2_shapes_qat`, a
+`task.quantization` config) exports as `--quant int8` with the ranges it learned: no
+calibration images (mnv2_det/export/tflite_qat.py).
+
 TFLite presets (mnv2_det/export/tflite_presets.py): `default` keeps the config's
 post-processing (regular NMS, threshold 1e-8, 100 detections: for evaluation);
 `--preset mobile` exports for apps: fast NMS, 10 detections, score threshold 0.3, safe
@@ -51,8 +55,11 @@ from mnv2_det.export import saved_model
 from mnv2_det.export import tflite as tflite_runtime
 from mnv2_det.export import tflite_convert
 from mnv2_det.export import tflite_presets
+from mnv2_det.modeling import qat
 
 BYTES_PER_MB = 1024.0 * 1024.0
+# The `calibration` metadata source of a quantization-aware trained model.
+CALIBRATION_QAT = 'quantization_aware_training'
 # Pixel value of the blank image of the post-export smoke run.
 SMOKE_TEST_PIXEL = 128
 
@@ -83,9 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help='TFLite detector with TFLite_Detection_PostProcess')
   tfl.add_argument('--quant', choices=tflite_convert.QUANT_TYPES, default='fp32')
   tfl.add_argument('--representative_images', type=int,
-                   default=tflite_convert.DEFAULT_REPRESENTATIVE_IMAGES,
                    help='int8: number of calibration images (training set without '
-                        'augmentation, or --calibration_images)')
+                        'augmentation, or --calibration_images; default '
+                        f'{tflite_convert.DEFAULT_REPRESENTATIVE_IMAGES}); not for a '
+                        'QAT model')
   tfl.add_argument('--calibration_images', metavar='DIR',
                    help='int8: calibrate on the images of this folder (recursive) '
                         'instead of the training data')
@@ -126,6 +134,8 @@ def run(args) -> str:
     params_lib.optional_int(args.batch_size, '--batch_size')
   else:
     params_lib.optional_int(args.representative_images, '--representative_images')
+    num_images = (tflite_convert.DEFAULT_REPRESENTATIVE_IMAGES
+                  if args.representative_images is None else args.representative_images)
     tflite_presets.get(args.preset)
     if args.calibration_images:
       if args.quant != 'int8':
@@ -139,6 +149,10 @@ def run(args) -> str:
   start = time.perf_counter()
   loaded = loading.load_model(args.checkpoint, args.experiment, args.config_file,
                               args.params_override, args.best)
+  if args.recalibrate_bn and qat.is_quantized(loaded.model):
+    # It runs the model in training mode, which also moves the learned int8 ranges.
+    raise ValueError('--recalibrate_bn does not apply to a quantization-aware trained '
+                     'model (its BN statistics and int8 ranges were trained together)')
   if args.recalibrate_bn:
     dataset = bn_audit.audit_dataset(loaded.task, loaded.params, 'train')
     used = bn_audit.recalibrate(loaded.model, dataset, args.recalibrate_bn)
@@ -149,15 +163,22 @@ def run(args) -> str:
         batch_size=args.batch_size, overwrite=args.overwrite)
   else:
     representative = None
-    if args.quant == 'int8' and args.calibration_images:
+    quantization_aware = qat.is_quantized(loaded.model)
+    if quantization_aware:
+      # Its int8 ranges come from training (mnv2_det/export/tflite_qat.py).
+      if args.calibration_images or args.representative_images is not None:
+        raise ValueError(f'{loaded.checkpoint} is a quantization-aware trained model: its '
+                         'int8 ranges come from training; --calibration_images / '
+                         '--representative_images do not apply')
+    elif args.quant == 'int8' and args.calibration_images:
       settings = loading.detection_settings(loaded.params)
       representative = calibration.folder_images(
           args.calibration_images, settings['input_size'], settings['resize_mode'],
-          args.representative_images, seed=loaded.params.task.train_data.seed)
+          num_images, seed=loaded.params.task.train_data.seed)
       print(f'calibrating on {len(representative)} images of {args.calibration_images}')
     elif args.quant == 'int8':
       representative = tflite_convert.representative_images(
-          loaded.task, loaded.params, args.representative_images)
+          loaded.task, loaded.params, num_images)
     params, use_regular_nms, extra = tflite_presets.apply(
         loaded.params, args.preset, args.max_detections, args.score_threshold,
         args.fast_nms)
@@ -165,6 +186,8 @@ def run(args) -> str:
       extra['calibration'] = {
           'source': 'folder' if args.calibration_images else 'train_data',
           'num_images': len(representative)}
+    elif quantization_aware:
+      extra['calibration'] = {'source': CALIBRATION_QAT, 'num_images': 0}
     path = tflite_convert.export_tflite(
         params, loaded.model, loaded.category_map, args.output, args.quant,
         representative=representative, use_regular_nms=use_regular_nms,

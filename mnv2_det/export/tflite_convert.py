@@ -16,8 +16,12 @@ Quantization (`quant`):
   int8: full-integer conv body (`TFLITE_BUILTINS_INT8`), calibrated on
     representative images from the TRAINING pipeline without augmentation
     (`representative_images`) or from any folder (`calibration.folder_images`); uint8
-    input; two DEQUANTIZE ops feed the float custom op, which outputs float32. Before the per-level outputs are concatenated, class logits are
-    clipped to +-INT8_LOGIT_CLIP and box codes to +-INT8_BOX_CODE_CLIP (see there).
+    input; two DEQUANTIZE ops feed the float custom op, which outputs float32. Before
+    the per-level outputs are concatenated, class logits are clipped to
+    +-INT8_LOGIT_CLIP and box codes to +-INT8_BOX_CODE_CLIP (see there).
+    A quantization-aware trained model (`modeling/qat.py`, `qat.is_quantized`) takes
+    every range from training instead, with no representative images and no clip
+    (its head is trained on those ranges): `tflite_qat`. It exports as int8 only.
 Cost: regular (per-class) NMS considers every (anchor, class) score above the
 threshold; with the OD API threshold 1e-8 that is nearly all of them, which for 91
 classes at 320x320 cost ~140 ms per image here (random weights) against ~25 ms for the
@@ -55,6 +59,8 @@ from mnv2_det.export import saved_model
 from mnv2_det.export import serving_inputs
 from mnv2_det.export import tflite_metadata
 from mnv2_det.export import tflite_postprocess
+from mnv2_det.export import tflite_qat
+from mnv2_det.modeling import qat
 from mnv2_det.ops import anchors as anchor_ops
 from mnv2_det.ops import box_coder
 
@@ -79,8 +85,8 @@ OP_OUTPUT_ORDER = ('detection_boxes', 'detection_classes', 'detection_scores',
 # 10, 10, 5, 5) stays well inside +-12 (a 0.5-IoU match is within ~+-4).
 # Measured val AP, int8 without / with clipping: 0.510 / 0.519 on that model (float
 # 0.541), 0.626 / 0.632 on the 4096-image main-job model (float 0.637); see README.
-INT8_LOGIT_CLIP = 10.0
-INT8_BOX_CODE_CLIP = 12.0
+INT8_LOGIT_CLIP = qat.INT8_LOGIT_RANGE
+INT8_BOX_CODE_CLIP = qat.INT8_BOX_CODE_RANGE
 # int8 only. The uint8 input must mean pixel values (scale 1, zero point 0): MediaPipe
 # and the Task Library feed raw uint8 pixels. Calibrated from the representative
 # images alone, the input's scale is their range (max 246 gives 0.9645, and MediaPipe's
@@ -103,9 +109,10 @@ class TFLiteGraph(tf.Module):
 
   def __init__(self, model, input_size: Sequence[int], num_classes: int,
                postprocess_config: tflite_postprocess.PostProcessConfig,
-               clip_outputs: bool = False):
+               clip_outputs: bool = False, quantization_aware: bool = False):
     super().__init__(name='ssdlite_tflite')
     self._clip_outputs = clip_outputs
+    self.quantization_aware = quantization_aware
     self.model_variables = list(model.variables)
     self._model_raw_outputs = model.raw_outputs
     self._input_size = [int(s) for s in input_size[:2]]
@@ -128,7 +135,10 @@ class TFLiteGraph(tf.Module):
     anchor order; with `clip_outputs`, each level's logits and box codes clipped first
     (INT8_LOGIT_CLIP).
     """
-    images = preprocess.normalize_image(pixels)
+    if self.quantization_aware:
+      images = tflite_qat.normalize(pixels)
+    else:
+      images = preprocess.normalize_image(pixels)
     cls_outputs, box_outputs = self._model_raw_outputs(images, training=False)
     if self._clip_outputs:
       cls_outputs = _clip_levels(cls_outputs, INT8_LOGIT_CLIP)
@@ -206,15 +216,20 @@ def convert(graph: TFLiteGraph, quant: str,
   """Runs the TFLite converter on `graph` (module docstring for `quant`).
 
   Raises:
-    ValueError: unknown quant, or int8 without representative images.
+    ValueError: unknown quant, int8 without representative images (with them, for a
+      `quantization_aware` graph), or a QAT graph that is not full-integer.
   """
   check_quant(quant)
-  if quant == 'int8' and not representative:
+  if graph.quantization_aware:
+    _check_qat_export(quant, representative)
+  elif quant == 'int8' and not representative:
     raise ValueError('int8 quantization needs representative data: pass representative '
                      'images (e.g. representative_images(task, params, 100))')
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
       [graph.concrete_function()], graph)
   converter.allow_custom_ops = True  # TFLite_Detection_PostProcess.
+  if graph.quantization_aware:
+    return pixel_input_quantization(tflite_qat.convert_int8(converter))
   if quant == 'fp16':
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.target_spec.supported_types = [tf.float16]
@@ -227,6 +242,15 @@ def convert(graph: TFLiteGraph, quant: str,
     # Outputs stay float32: DEQUANTIZE ops feed the float custom op.
     return pixel_input_quantization(converter.convert())
   return converter.convert()
+
+
+def _check_qat_export(quant: str, representative) -> None:
+  if quant != 'int8':
+    raise ValueError(f'a quantization-aware trained model exports as int8, not {quant} '
+                     '(its float model is task.quantization.pretrained_original_checkpoint)')
+  if representative:
+    raise ValueError('a quantization-aware trained model takes its int8 ranges from '
+                     'training: representative / calibration images do not apply')
 
 
 def pixel_input_quantization(tflite_model: bytes) -> bytes:
@@ -280,12 +304,15 @@ def tflite_detector_bytes(params, model, category_map: CategoryMap, quant: str,
   check_quant(quant)
   post = postprocess_config(params, use_regular_nms,
                             num_real_classes=loading.num_real_classes(params, category_map))
+  quantization_aware = qat.is_quantized(model)
   graph = TFLiteGraph(model, params.task.model.input_size, params.task.model.num_classes,
-                      post, clip_outputs=quant == 'int8')
+                      post, clip_outputs=quant == 'int8' and not quantization_aware,
+                      quantization_aware=quantization_aware)
   tflite_model = convert(graph, quant, representative)
   info = saved_model.detector_info(
       params, category_map, format=METADATA_FORMAT, version=METADATA_VERSION,
       experiment=experiment, quantization=quant,
+      quantization_aware_training=quantization_aware,
       padded_size=[int(s) for s in model.padded_size], box_frame=BOX_FRAME,
       use_regular_nms=use_regular_nms,
       input_pixel_range=[0, 255], pad_pixel_value=float(
@@ -306,11 +333,13 @@ def export_tflite(params, model, category_map: CategoryMap, output: str, quant: 
   `output` (e.g. a smoke run with TFLiteDetector); if it raises, nothing is left.
 
   Raises:
-    ValueError: unknown quant, int8 without `representative`, existing output
-      without `overwrite`.
+    ValueError: unknown quant, int8 without `representative` (a QAT model: with
+      it, or not int8), existing output without `overwrite`.
   """
   check_quant(quant)
-  if quant == 'int8' and not representative:
+  if qat.is_quantized(model):
+    _check_qat_export(quant, representative)
+  elif quant == 'int8' and not representative:
     raise ValueError('int8 quantization needs representative data (representative '
                      'images from the training set); none given')
   atomic.check_output(output, overwrite)

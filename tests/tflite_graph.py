@@ -117,3 +117,27 @@ def check_fp16_graph(fp16_path: str, fp32_path: str) -> None:
   dequantize = ('DEQUANTIZE', ('FLOAT16',), FLOAT32)
   assert ops.count(dequantize) == num_float
   assert [op for op in ops if op != dequantize] == edgetpu.operators(fp32_path)
+
+
+def postprocess_inputs(path: str, pixels_batch) -> tuple:
+  """The post-process op's inputs for each `[H, W, 3]` float pixel array of
+  `pixels_batch` (already resized to the input): box codes `[n, N, 4]` and sigmoid
+  scores `[n, N, K + 1]` (every anchor, background column included), float32, read
+  from the interpreter with all tensors preserved. The model must have a float input
+  (fp32 / fp16)."""
+  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+  interpreter = Interpreter(model_path=path, experimental_preserve_all_tensors=True,
+                            num_threads=1)
+  interpreter.allocate_tensors()
+  (op,) = [o for o in interpreter._get_ops_details()  # pylint: disable=protected-access
+           if o['op_name'] == POSTPROCESS_OP]
+  codes_index, scores_index = op['inputs'][:2]
+  (image,) = interpreter.get_input_details()
+  codes, scores = [], []
+  for pixels in pixels_batch:
+    interpreter.set_tensor(image['index'],
+                           np.asarray(pixels, np.float32).reshape(image['shape']))
+    interpreter.invoke()
+    codes.append(interpreter.get_tensor(codes_index)[0].copy())
+    scores.append(interpreter.get_tensor(scores_index)[0].copy())
+  return np.stack(codes), np.stack(scores)

@@ -31,8 +31,14 @@ def run(args) -> Dict[str, Any]:
   params = params_lib.build_params(args.experiment, params_file, args.config_file,
                                  args.params_override)
   task, model = loading.load_task_and_model(params, prefix)
-  dataset = bn_audit.audit_dataset(task, params, args.data)
-  rows = bn_audit.audit(model, dataset, args.num_batches, eager=args.eager)
+
+  def dataset():
+    # A new pipeline per pass: a seeded training pipeline reshuffles on every
+    # iteration of one dataset, so only a fresh one gives each pass the same first N
+    # batches, the ones tools/export.py --recalibrate_bn N uses.
+    return bn_audit.audit_dataset(task, params, args.data)
+
+  rows = bn_audit.audit(model, dataset(), args.num_batches, eager=args.eager)
   print(bn_audit.format_table(rows))
   report = {'checkpoint': prefix, 'data': args.data, 'num_batches': args.num_batches,
             'thresholds': {'mean_shift': STALE_MEAN_SHIFT,
@@ -40,8 +46,8 @@ def run(args) -> Dict[str, Any]:
             'layers': [dataclasses.asdict(r) for r in rows],
             'num_flagged': len(bn_audit.flagged(rows))}
   if args.recalibrate:
-    bn_audit.recalibrate(model, dataset, args.num_batches, eager=args.eager)
-    after = bn_audit.audit(model, dataset, args.num_batches, eager=args.eager)
+    bn_audit.recalibrate(model, dataset(), args.num_batches, eager=args.eager)
+    after = bn_audit.audit(model, dataset(), args.num_batches, eager=args.eager)
     report['recalibrated_checkpoint'] = bn_audit.write_checkpoint(model, prefix, args.output_dir,
                                                          params_file)
     report['after_recalibration'] = [dataclasses.asdict(r) for r in after]

@@ -516,7 +516,8 @@ def _events_with_tag(folder, tag):
 @pytest.mark.slow
 def test_train_and_eval_stops_early_and_keeps_best_ckpt(tmp_path):
   """Learning rate 0 and frozen BN: the weights never change, so AP never improves on
-  the first evaluation's; patience 1 stops after the 2nd of 4 scheduled evaluations."""
+  the first evaluation's; patience 1 stops after the 2nd of 4 scheduled evaluations.
+  Also the test of `task.model.freeze_batchnorm` through tools/train.py."""
   data_dir = str(tmp_path / 'shapes')
   shapes.generate(data_dir, num_train=8, num_val=4, seed=3)
   overrides = ','.join([
@@ -556,6 +557,16 @@ def test_train_and_eval_stops_early_and_keeps_best_ckpt(tmp_path):
   assert len(kernels) > 50
   for name in kernels:
     np.testing.assert_array_equal(best_reader.get_tensor(name), last_reader.get_tensor(name))
+  # task.model.freeze_batchnorm: every BN moving statistic is still at its initial
+  # value (mean 0, variance 1); BN in training mode would have moved them all even at
+  # learning rate 0. (backbone 52 + extra layers 12 + head 12 = 76 BN layers.)
+  moving = [n for n in last_reader.get_variable_to_shape_map()
+            if n.endswith(('moving_mean/.ATTRIBUTES/VARIABLE_VALUE',
+                           'moving_variance/.ATTRIBUTES/VARIABLE_VALUE'))]
+  assert len(moving) == 2 * 76
+  for name in moving:
+    value = last_reader.get_tensor(name)
+    np.testing.assert_array_equal(value, 0.0 if 'moving_mean' in name else 1.0, err_msg=name)
   # The training-time plots of both evaluations, on disk and in TensorBoard.
   for step in (2, 4):
     out = model_dir / 'plots' / f'step_{step}'

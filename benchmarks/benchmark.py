@@ -4,6 +4,7 @@
   python benchmarks/benchmark.py detector   # SSDLite forward / full inference vs MG RetinaNet
   python benchmarks/benchmark.py train      # training images/s vs MG RetinaNet-MNv2
   python benchmarks/benchmark.py train_cli  # the same, both through tools/train.py
+  python benchmarks/benchmark.py determinism  # tools/train.py: task.seed vs + op determinism
   python benchmarks/benchmark.py tflite     # fp32/int8 TFLite detector vs int8 MNv2 backbone,
                                             # then int8 regular NMS vs the mobile preset
       [--experiment ssdlite_mnv2_shapes --checkpoint runs/shapes]  # + their val AP
@@ -32,6 +33,7 @@ COMMANDS = {
     'detector': ('latency', 'bench_detector'),
     'train': ('train_speed', 'bench_train'),
     'train_cli': ('train_speed', 'bench_train_cli'),
+    'determinism': ('train_speed', 'bench_determinism'),
     'tflite': ('tflite_latency', 'bench_tflite'),
     'gflops': ('latency', 'bench_gflops'),
 }
@@ -62,6 +64,15 @@ def _parser():
   c.add_argument('--max_images', type=int, default=512,
                  help='training images written to the shared TFRecord')
   c.add_argument('--rounds', type=int, default=2)
+  o = sub.add_parser('determinism')
+  o.add_argument('--batch_size', type=int, default=16)
+  o.add_argument('--steps', type=int, default=60)
+  o.add_argument('--steps_per_loop', type=int, default=10)
+  o.add_argument('--skip_loops', type=int, default=1,
+                 help='first progress lines dropped (tracing, warm-up)')
+  o.add_argument('--data_dir', default='data/shapes',
+                 help='synthetic set from `python -m mnv2_det.data.shapes DIR`')
+  o.add_argument('--rounds', type=int, default=2)
   q = sub.add_parser('tflite')
   g = sub.add_parser('gflops')
   for p in (q, g):

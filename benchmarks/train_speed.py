@@ -201,11 +201,40 @@ def bench_train_cli(args):
       {'mnv2_det SSDLite-MNv2 (tools/train.py)': ('ssdlite_mnv2_shapes', ours),
        reference: ('retinanet_mobile_coco', mg)},
       workdir, args.rounds, args.skip_loops)
-  print(f'\ntraining images/s at {size}x{size}, batch {batch}, 91 classes, {count} '
-        f'TFRecord images, median of loops {args.skip_loops + 1}.. of '
+  _print_rates(f'training images/s at {size}x{size}, batch {batch}, 91 classes, {count} '
+               'TFRecord images', rates, reference, args, workdir,
+               f' (target >= {TRAIN_TARGET_RATIO}x)')
+
+
+def _print_rates(title, rates, reference, args, workdir, note=''):
+  """The img/s of each candidate and the other candidate's ratio to `reference`."""
+  print(f'\n{title}, median of loops {args.skip_loops + 1}.. of '
         f'{args.steps // args.steps_per_loop}, best of {args.rounds} rounds ({workdir})')
   for name, value in rates.items():
     print(f'  {name:44s} {value:8.2f} img/s')
-  ours_name = [k for k in rates if k != reference][0]
-  print(f'  -> {ours_name} / {reference} = {rates[ours_name] / rates[reference]:.2f}x '
-        f'(target >= {TRAIN_TARGET_RATIO}x)')
+  other = [k for k in rates if k != reference][0]
+  print(f'  -> {other} / {reference} = {rates[other] / rates[reference]:.2f}x{note}')
+
+
+def bench_determinism(args):
+  """What `task.op_determinism` costs: `tools/train.py` images/s of the shapes
+  experiment with `task.seed` alone vs `task.seed` + op determinism (interleaved)."""
+  workdir = tempfile.mkdtemp(prefix='mnv2_det_determinism_bench_')
+  data = os.path.join(args.data_dir, 'annotations')
+  base = {'task': {
+      'seed': 1,
+      'train_data': {'annotation_file': os.path.join(data, 'instances_train.json'),
+                     'image_dir': os.path.join(args.data_dir, 'train'),
+                     'global_batch_size': args.batch_size},
+      'validation_data': {'annotation_file': os.path.join(data, 'instances_val.json'),
+                          'image_dir': os.path.join(args.data_dir, 'val')}},
+      'trainer': _trainer_overrides(args.steps, args.steps_per_loop)}
+  determined = json.loads(json.dumps(base))
+  determined['task']['op_determinism'] = True
+  reference = 'task.seed'
+  rates = _interleaved_runs(
+      {reference: ('ssdlite_mnv2_shapes', base),
+       'task.seed + task.op_determinism': ('ssdlite_mnv2_shapes', determined)},
+      workdir, args.rounds, args.skip_loops)
+  _print_rates(f'tools/train.py ssdlite_mnv2_shapes images/s, batch {args.batch_size}',
+               rates, reference, args, workdir)

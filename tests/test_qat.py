@@ -80,9 +80,10 @@ def run(tmp_path_factory):
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
   assert result.returncode == 0, result.stderr[-4000:]
   int8 = str(root / 'qat_int8.tflite')
-  assert export_cli.main(['tflite', '--experiment', EXPERIMENT, '--checkpoint',
-                          str(model_dir), '--quant', 'int8', '--output', int8]) == 0
-  loaded = loading.load_model(str(model_dir), EXPERIMENT)
+  # No --experiment: the model dir's params.yaml (with task.quantization) says it.
+  assert export_cli.main(['tflite', '--checkpoint', str(model_dir), '--quant', 'int8',
+                          '--output', int8]) == 0
+  loaded = loading.load_model(str(model_dir))
   return {'root': root, 'data': data, 'float_prefix': float_prefix, 'stderr': result.stderr,
           'int8': int8, 'loaded': loaded, 'model_dir': model_dir, 'overrides': overrides}
 

@@ -21,6 +21,9 @@ from official.projects.qat.vision.configs import common
 from mnv2_det.configs import experiments
 from mnv2_det.configs import ssdlite
 
+# The QAT experiment; also the config classes of a QAT params.yaml read without one
+# (core/params.py).
+EXPERIMENT = 'ssdlite_mnv2_shapes_qat'
 # Where the README's main job writes the float shapes model.
 SHAPES_FLOAT_MODEL_DIR = os.environ.get('MNV2_DET_SHAPES_MODEL_DIR', 'runs/shapes')
 
@@ -46,7 +49,7 @@ class SSDLiteQATTask(ssdlite.SSDLiteTask):
   quantization: Optional[Quantization] = None
 
 
-@exp_factory.register_config_factory('ssdlite_mnv2_shapes_qat')
+@exp_factory.register_config_factory(EXPERIMENT)
 def ssdlite_mnv2_shapes_qat() -> cfg.ExperimentConfig:
   """QAT fine-tune of a trained `ssdlite_mnv2_shapes` model (SHAPES_FLOAT_MODEL_DIR).
 

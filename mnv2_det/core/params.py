@@ -16,9 +16,11 @@ from official.core import exp_factory
 from official.modeling import hyperparams
 
 import mnv2_det  # pylint: disable=unused-import  # registers backbone, task, experiments
+from mnv2_det.configs import qat as qat_configs
 
 PARAMS_FILE = 'params.yaml'
-# The config classes a params.yaml is read into when no experiment is named.
+# The config classes a params.yaml is read into when no experiment is named (one with a
+# `task.quantization` entry: qat_configs.EXPERIMENT's, which add that field).
 BASE_EXPERIMENT = 'ssdlite_mnv2_coco'
 # Shuffle seed of `unaugmented_train_data` when train_data.seed is unset.
 UNAUGMENTED_SEED = 0
@@ -36,7 +38,7 @@ def build_params(experiment: Optional[str], params_file: Optional[str] = None,
   if not experiment and not params_file:
     raise ValueError('--experiment is required (no params.yaml beside the checkpoint '
                      'says which experiment it is)')
-  name = experiment or BASE_EXPERIMENT
+  name = experiment or _base_experiment(params_file)
   try:
     params = exp_factory.get_exp_config(name)
   except (KeyError, LookupError) as e:
@@ -49,6 +51,18 @@ def build_params(experiment: Optional[str], params_file: Optional[str] = None,
     params = _override(params, params_override, '--params_override')
   params.validate()
   return params
+
+
+def _base_experiment(params_file: str) -> str:
+  """BASE_EXPERIMENT, or the QAT experiment for a params.yaml with task.quantization."""
+  try:
+    with tf.io.gfile.GFile(params_file) as f:
+      content = yaml.safe_load(f)
+  except (tf.errors.OpError, yaml.YAMLError):
+    return BASE_EXPERIMENT  # the override below names the file and the problem
+  task = content.get('task') if isinstance(content, dict) else None
+  quantized = isinstance(task, dict) and task.get('quantization') is not None
+  return qat_configs.EXPERIMENT if quantized else BASE_EXPERIMENT
 
 
 def _override(params, source, what):

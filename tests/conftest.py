@@ -4,10 +4,6 @@
 runs, multi-worker clusters, the e2e shapes model). CI runs them all (setup.cfg does not
 deselect them); `python -m pytest -q tests -m "not slow"` is the quick local loop.
 
-Files holding slow tests are collected first: pytest-xdist's `--dist loadfile` hands
-files to the two workers in collection order, so the longest ones start early instead
-of leaving one worker alone at the end (longest-first scheduling).
-
 `shapes_data` is the shared synthetic dataset: `shapes_data(num_train, num_val, seed)`
 returns `mnv2_det.data.shapes.generate`'s paths plus `'dir'`, written once per argument
 set per pytest worker. It is shared between test files, so tests must not change it
@@ -21,12 +17,6 @@ def pytest_configure(config):
   config.addinivalue_line(
       'markers', 'slow: end-to-end test (training or serving subprocesses); '
       'deselect with -m "not slow"')
-
-
-def pytest_collection_modifyitems(session, config, items):
-  del session, config
-  slow_files = {item.path for item in items if item.get_closest_marker('slow')}
-  items.sort(key=lambda item: item.path not in slow_files)  # stable: order kept within
 
 
 @pytest.fixture(scope='session')

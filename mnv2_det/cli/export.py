@@ -149,7 +149,8 @@ def run(args) -> str:
   start = time.perf_counter()
   loaded = loading.load_model(args.checkpoint, args.experiment, args.config_file,
                               args.params_override, args.best)
-  if args.recalibrate_bn and qat.is_quantized(loaded.model):
+  quantization_aware = qat.is_quantized(loaded.model)
+  if args.recalibrate_bn and quantization_aware:
     # It runs the model in training mode, which also moves the learned int8 ranges.
     raise ValueError('--recalibrate_bn does not apply to a quantization-aware trained '
                      'model (its BN statistics and int8 ranges were trained together)')
@@ -163,7 +164,6 @@ def run(args) -> str:
         batch_size=args.batch_size, overwrite=args.overwrite)
   else:
     representative = None
-    quantization_aware = qat.is_quantized(loaded.model)
     if quantization_aware:
       # Its int8 ranges come from training (mnv2_det/export/tflite_qat.py).
       if args.calibration_images or args.representative_images is not None:

@@ -155,6 +155,8 @@ def test_nan_loss_after_a_checkpoint_stops_and_keeps_it(tmp_path, data_dir):
   error = [line for line in result.stderr.splitlines() if line.startswith('error:')]
   assert len(error) == 1, result.stderr[-2000:]
   assert 'non-finite loss' in error[0] and 'in steps 3..4' in error[0]
+  # NaN itself is caught (a `loss > bound` test alone would let NaN through), not only inf.
+  assert "'total_loss': nan" in error[0], error[0]
   assert 'the weights of step 4 were not saved' in error[0]
   assert f'last good checkpoint: {good}' in error[0]
   assert 'Traceback' not in result.stderr

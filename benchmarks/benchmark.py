@@ -5,6 +5,7 @@
   python benchmarks/benchmark.py train      # training images/s vs MG RetinaNet-MNv2
   python benchmarks/benchmark.py train_cli  # the same, both through tools/train.py
   python benchmarks/benchmark.py determinism  # tools/train.py: task.seed vs + op determinism
+  python benchmarks/benchmark.py profile    # where the main job's train step spends its time
   python benchmarks/benchmark.py tflite     # fp32/int8 TFLite detector vs int8 MNv2 backbone,
                                             # then int8 regular NMS vs the mobile preset
       [--experiment ssdlite_mnv2_shapes --checkpoint runs/shapes]  # + their val AP
@@ -34,6 +35,7 @@ COMMANDS = {
     'train': ('train_speed', 'bench_train'),
     'train_cli': ('train_speed', 'bench_train_cli'),
     'determinism': ('train_speed', 'bench_determinism'),
+    'profile': ('profile_train_step', 'bench_profile'),
     'tflite': ('tflite_latency', 'bench_tflite'),
     'gflops': ('latency', 'bench_gflops'),
 }
@@ -73,6 +75,16 @@ def _parser():
   o.add_argument('--data_dir', default='data/shapes',
                  help='synthetic set from `python -m mnv2_det.data.shapes DIR`')
   o.add_argument('--rounds', type=int, default=2)
+  f = sub.add_parser('profile')
+  f.add_argument('--data_dir', default='data/shapes',
+                 help='synthetic set from `python -m mnv2_det.data.shapes DIR`')
+  f.add_argument('--size', type=int, default=0, help="input size (0: the experiment's)")
+  f.add_argument('--batch_size', type=int, default=0, help="0: the experiment's")
+  f.add_argument('--depth', type=float, default=0.0, help="0: the experiment's")
+  f.add_argument('--steps', type=int, default=5, help='steps per timed round')
+  f.add_argument('--rounds', type=int, default=3)
+  f.add_argument('--trace_steps', type=int, default=5)
+  f.add_argument('--top', type=int, default=25, help='op types listed')
   q = sub.add_parser('tflite')
   g = sub.add_parser('gflops')
   for p in (q, g):

@@ -9,8 +9,9 @@ batch from the real input pipeline, in graph mode (`tf.function`, no XLA):
    focal / smooth-L1 terms), + gradient, + optimizer (the full `task.train_step`).
    The input pipeline is timed alone, as images/s of `next(iterator)`.
 2. Op types, from a TF profiler trace of `--trace_steps` full steps: the executor's
-   per-op events (XPlane "TF op" stat, `name:type`) summed by type, and by the
-   top-level name scope (forward vs `gradient_tape`, optimizer, loss).
+   per-op events (XPlane events named `name:type` on the tf_Compute threads) summed by
+   type, by layer (backbone block, head, ...) and by top-level name scope (forward vs
+   `gradient_tape`, optimizer, loss).
 
 All times are wall milliseconds per step on this machine; record `lscpu` beside them.
 """
@@ -18,10 +19,9 @@ All times are wall milliseconds per step on this machine; record `lscpu` beside 
 import collections
 import glob
 import os
-import statistics
+import re
 import tempfile
 import time
-from typing import Callable, Dict
 
 import tensorflow as tf
 import tf_keras
@@ -29,6 +29,8 @@ from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from official.core import exp_factory
 from official.core import task_factory
+
+import timing
 
 
 def _task_and_batch(args):
@@ -50,21 +52,6 @@ def _task_and_batch(args):
   task = task_factory.get_task(params.task)
   dataset = task.build_inputs(params.task.train_data)
   return params, task, dataset
-
-
-def _interleaved_ms(fns: Dict[str, Callable[[], object]], warmup: int, rounds: int,
-                    runs: int) -> Dict[str, float]:
-  for fn in fns.values():
-    for _ in range(warmup):
-      fn()
-  samples = {name: [] for name in fns}
-  for _ in range(rounds):
-    for name, fn in fns.items():
-      start = time.perf_counter()
-      for _ in range(runs):
-        fn()
-      samples[name].append((time.perf_counter() - start) * 1e3 / runs)
-  return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def _phase_functions(task, model, optimizer, inputs):
@@ -133,6 +120,15 @@ def _scope(name: str) -> str:
   return 'other'
 
 
+_LAYER = re.compile(r'(block_\d+|Conv1|Conv_1|head|ssd_feature_maps|map/while)')
+
+
+def _layer(name: str) -> str:
+  """The network part an op belongs to (backbone block, head, extra layers, mining)."""
+  match = _LAYER.search(name)
+  return match.group(1) if match else 'other'
+
+
 def _print_shares(title, totals, steps, top):
   grand = sum(totals.values())
   print(f'\n{title} (sum of op times {grand / steps:.1f} ms per step)')
@@ -159,10 +155,10 @@ def bench_profile(args):
     next(iterator)
   pipeline = batch * args.steps * 4 / (time.perf_counter() - start)
 
-  phases = _interleaved_ms(_phase_functions(task, model, optimizer, inputs),
-                           warmup=3, rounds=args.rounds, runs=args.steps)
+  phases = timing.interleaved_latency_ms(_phase_functions(task, model, optimizer, inputs),
+                                         warmup=3, rounds=args.rounds, runs=args.steps)
   print(f'\ninput pipeline alone: {pipeline:.0f} img/s')
-  print('phases, ms per step (interleaved, median of rounds):')
+  print('phases, ms per step (interleaved rounds, median step):')
   previous = 0.0
   for name, ms in phases.items():
     print(f'  {name:34s} {ms:8.1f} ms  (+{ms - previous:6.1f})  {batch * 1e3 / ms:6.1f} img/s')
@@ -177,11 +173,13 @@ def bench_profile(args):
   for _ in range(args.trace_steps):
     step()
   tf.profiler.experimental.stop()
-  by_type, by_scope = collections.Counter(), collections.Counter()
+  by_type, by_scope, by_layer = (collections.Counter() for _ in range(3))
   for name, op_type, ms in _op_events(logdir):
     by_type[op_type] += ms
     by_scope[_scope(name)] += ms
+    by_layer[_layer(name)] += ms
   _print_shares('op time by phase (name scope)', by_scope, args.trace_steps, 10)
+  _print_shares('op time by layer (forward + backward)', by_layer, args.trace_steps, 12)
   _print_shares('op time by op type', by_type, args.trace_steps, args.top)
   print(f'(trace in {logdir})')
 

@@ -125,7 +125,7 @@ def write_tfrecord(annotation_file: str, image_dir: str, output_path: str,
   return len(coco['images'][:max_images])
 
 
-def _trainer_overrides(steps: int, steps_per_loop: int) -> dict:
+def trainer_overrides(steps: int, steps_per_loop: int) -> dict:
   """Train only: no validation, one checkpoint at the end, a loop per progress line."""
   return {'train_steps': steps, 'steps_per_loop': steps_per_loop,
           'summary_interval': steps_per_loop, 'checkpoint_interval': steps,
@@ -181,7 +181,7 @@ def bench_train_cli(args):
       os.path.join(args.data_dir, 'annotations/instances_train.json'),
       os.path.join(args.data_dir, 'train'), records, args.max_images)
   data = {'input_path': records, 'global_batch_size': batch}
-  trainer = _trainer_overrides(args.steps, args.steps_per_loop)
+  trainer = trainer_overrides(args.steps, args.steps_per_loop)
   ours = {'task': {
       'model': {'num_classes': 91, 'input_size': [size, size, 3],
                 'backbone': {'mnv2_det': {'depth_multiplier': 1.0}}},
@@ -228,7 +228,7 @@ def bench_determinism(args):
                      'global_batch_size': args.batch_size},
       'validation_data': {'annotation_file': os.path.join(data, 'instances_val.json'),
                           'image_dir': os.path.join(args.data_dir, 'val')}},
-      'trainer': _trainer_overrides(args.steps, args.steps_per_loop)}
+      'trainer': trainer_overrides(args.steps, args.steps_per_loop)}
   determined = json.loads(json.dumps(base))
   determined['task']['op_determinism'] = True
   reference = 'task.seed'

@@ -1,7 +1,7 @@
 """Same data, same CPU-minutes: COCO AP of three from-scratch detectors on the shapes set.
 
   python benchmarks/accuracy/run.py --data_dir data/shapes --minutes 20 \
-      [--torch_python /work/scratch/torchvenv/bin/python] [--workdir DIR]
+      [--torch_python .venv-torch/bin/python] [--workdir DIR]
   python benchmarks/accuracy/run.py --throughput --data_dir data/shapes
 
 Detectors (each trained from random init, one training process at a time):
@@ -55,6 +55,7 @@ import yaml  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TORCH_SCRIPT = os.path.join(HERE, 'torchvision_ssdlite.py')
 TRAIN_TOOL = os.path.join(ROOT, 'tools', 'train.py')
+DEFAULT_TORCH_PYTHON = os.path.join(ROOT, '.venv-torch', 'bin', 'python')
 # The progress line of tools/train.py (and of torchvision_ssdlite.py, which copies it).
 PROGRESS = re.compile(r'^step (\d+)/(\d+) \|.*\| ([0-9.]+) img/s \|')
 STAT_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl',
@@ -452,7 +453,7 @@ def throughput(args, workdir):
   print('preparing data', flush=True)
   data = prepare_data(args, workdir, need_val=False)
   records = {'input_path': data['train_records'], 'global_batch_size': batch}
-  trainer = train_speed._trainer_overrides(args.throughput_steps, args.throughput_loop)  # pylint: disable=protected-access
+  trainer = train_speed.trainer_overrides(args.throughput_steps, args.throughput_loop)
   ours = {'task': {
       'model': {'num_classes': classes, 'input_size': [size, size, 3],
                 'backbone': {'mnv2_det': {'depth_multiplier': 1.0}}},
@@ -514,8 +515,11 @@ def _parser():
   p.add_argument('--workdir', default='', help='outputs (default: a new temp dir)')
   p.add_argument('--output', default='', help='JSON of the table (default WORKDIR/'
                  'accuracy.json or throughput.json)')
-  p.add_argument('--torch_python', default='/work/scratch/torchvenv/bin/python',
-                 help='python of the venv of requirements-torch.txt')
+  p.add_argument('--torch_python',
+                 default=os.environ.get('MNV2_DET_TORCH_PYTHON', DEFAULT_TORCH_PYTHON),
+                 help='python of the venv of requirements-torch.txt (default '
+                      '$MNV2_DET_TORCH_PYTHON, else .venv-torch/bin/python of the '
+                      'repository)')
   p.add_argument('--detectors', nargs='+', default=['ours', 'mg', 'torchvision'],
                  choices=['ours', 'mg', 'torchvision'])
   p.add_argument('--throughput', action='store_true',

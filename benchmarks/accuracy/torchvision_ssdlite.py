@@ -3,7 +3,7 @@
 Runs ONLY in the torch venv (benchmarks/accuracy/requirements-torch.txt), as a subprocess
 of benchmarks/accuracy/run.py; nothing else in the repository imports torch.
 
-  /work/scratch/torchvenv/bin/python benchmarks/accuracy/torchvision_ssdlite.py \
+  .venv-torch/bin/python benchmarks/accuracy/torchvision_ssdlite.py \
       --train_json A/instances_train.json --train_dir A/train \
       --val_json A/instances_val.json --val_dir A/val --size 256 --batch_size 16 \
       --steps 1000 --output result.json

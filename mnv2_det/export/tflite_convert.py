@@ -219,12 +219,7 @@ def convert(graph: TFLiteGraph, quant: str,
     ValueError: unknown quant, int8 without representative images (with them, for a
       `quantization_aware` graph), or a QAT graph that is not full-integer.
   """
-  check_quant(quant)
-  if graph.quantization_aware:
-    _check_qat_export(quant, representative)
-  elif quant == 'int8' and not representative:
-    raise ValueError('int8 quantization needs representative data: pass representative '
-                     'images (e.g. representative_images(task, params, 100))')
+  check_conversion_inputs(quant, graph.quantization_aware, representative)
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
       [graph.concrete_function()], graph)
   converter.allow_custom_ops = True  # TFLite_Detection_PostProcess.
@@ -244,7 +239,17 @@ def convert(graph: TFLiteGraph, quant: str,
   return converter.convert()
 
 
-def _check_qat_export(quant: str, representative) -> None:
+def check_conversion_inputs(quant: str, quantization_aware: bool, representative) -> None:
+  """Raises ValueError unless `quant` with `representative` can convert: int8 of a float
+  model needs representative images; a quantization-aware model is int8 only and takes
+  none."""
+  check_quant(quant)
+  if not quantization_aware:
+    if quant == 'int8' and not representative:
+      raise ValueError('int8 quantization needs representative data: pass representative '
+                       'images from the training set (e.g. representative_images(task, '
+                       'params, 100))')
+    return
   if quant != 'int8':
     raise ValueError(f'a quantization-aware trained model exports as int8, not {quant} '
                      '(its float model is task.quantization.pretrained_original_checkpoint)')
@@ -336,12 +341,7 @@ def export_tflite(params, model, category_map: CategoryMap, output: str, quant: 
     ValueError: unknown quant, int8 without `representative` (a QAT model: with
       it, or not int8), existing output without `overwrite`.
   """
-  check_quant(quant)
-  if qat.is_quantized(model):
-    _check_qat_export(quant, representative)
-  elif quant == 'int8' and not representative:
-    raise ValueError('int8 quantization needs representative data (representative '
-                     'images from the training set); none given')
+  check_conversion_inputs(quant, qat.is_quantized(model), representative)
   atomic.check_output(output, overwrite)
   contents = tflite_detector_bytes(params, model, category_map, quant, representative,
                                    use_regular_nms, experiment, extra_info)

@@ -53,10 +53,12 @@ REPRESENTATIVE_IMAGES = 64
 # fp16 (float16 weights, float32 arithmetic) vs fp32, measured on the trained model's
 # 64 val images: the post-process op's inputs (every anchor: 738 x 6 sigmoid scores,
 # 738 x 4 box codes of scale 10, 10, 5, 5, range -12..20) differ by at most 2.0e-3
-# (scores) and 1.8e-2 (codes); bounds ~2.5x that. float16 rounds each weight by up to
-# 2^-11 = 4.9e-4 relative; bfloat16 (2^-8) weights break both bounds.
+# (scores) and 1.8e-2 (codes); the score bound is ~2.5x that. The trained model varies
+# from run to run, and so does the worst code: one CI run measured 5.3e-2 (scores 1.9e-3),
+# so the code bound is ~2x that worst case. float16 rounds each weight by up to
+# 2^-11 = 4.9e-4 relative; bfloat16 (2^-8, 8x coarser) weights broke the score bound.
 FP16_SCORE_ATOL = 5e-3
-FP16_BOX_CODE_ATOL = 0.05
+FP16_BOX_CODE_ATOL = 0.1
 # Detections (score >= FP16_MIN_SCORE): each has a twin in the other model, same class,
 # IoU >= FP16_MIN_IOU (measured 1st percentile 0.996), |score diff| <= FP16_SCORE_ATOL
 # (measured max 1.6e-3); the only exceptions are NMS decisions at the threshold, which

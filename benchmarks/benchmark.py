@@ -10,6 +10,8 @@
                                             # then int8 regular NMS vs the mobile preset
       [--experiment ssdlite_mnv2_shapes --checkpoint runs/shapes]  # + their val AP
   python benchmarks/benchmark.py gflops     # CPU matmul GFLOP/s vs our achieved GFLOP/s
+  python benchmarks/benchmark.py memory     # train-step activation MB + import RSS vs
+                                            # torchvision SSDLite (in its venv)
 
 Latency is TF-graph (tf.function, no XLA) wall time at batch 1, median of interleaved
 rounds. Run on an otherwise idle machine, from a repository checkout (train_cli runs
@@ -38,6 +40,7 @@ COMMANDS = {
     'profile': ('profile_train_step', 'bench_profile'),
     'tflite': ('tflite_latency', 'bench_tflite'),
     'gflops': ('latency', 'bench_gflops'),
+    'memory': ('activation_memory', 'bench_memory'),
 }
 
 
@@ -103,6 +106,14 @@ def _parser():
   q.add_argument('--representative_images', type=int,
                  default=tflite_convert.DEFAULT_REPRESENTATIVE_IMAGES)
   q.add_argument('--max_images', type=int, help='val images for the AP (None: all)')
+  m = sub.add_parser('memory')
+  m.add_argument('--size', type=int, default=320)
+  m.add_argument('--batch_size', type=int, default=8)
+  m.add_argument('--num_classes', type=int, default=91)
+  m.add_argument('--depth', type=float, default=1.0)
+  m.add_argument('--torch_python',
+                 help='python of the venv of accuracy/requirements-torch.txt (default '
+                 '$MNV2_DET_TORCH_PYTHON, else .venv-torch/bin/python of the repository)')
   for p in (b, d, t, q, g):
     p.add_argument('--rounds', type=int, default=3 if p is t else 5)
     p.add_argument('--runs', type=int, default=10)

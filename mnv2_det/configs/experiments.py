@@ -1,4 +1,5 @@
-"""Registered experiments: `ssdlite_mnv2_coco` and `ssdlite_mnv2_shapes`.
+"""Registered experiments: `ssdlite_mnv2_coco`, `ssdlite_mnv2_shapes` and its 1200-step
+`ssdlite_mnv2_shapes_short`.
 
 The same settings are spelled out as YAML in `configs/` at the repository root.
 """
@@ -123,3 +124,28 @@ def ssdlite_mnv2_shapes() -> cfg.ExperimentConfig:
                   'warmup_steps': 100, 'warmup_learning_rate': 0.0001}},
           })),
       restrictions=_restrictions())
+
+
+@exp_factory.register_config_factory('ssdlite_mnv2_shapes_short')
+def ssdlite_mnv2_shapes_short() -> cfg.ExperimentConfig:
+  """`ssdlite_mnv2_shapes` in 1200 steps instead of 2600, with a matcher and loss for it.
+
+  Short runs lack box precision more than recall: AP50 is ~0.85 after 700 steps of
+  the 2600-step recipe, AP only ~0.45-0.51. Two changes train the boxes sooner:
+  anchors match a box from IoU 0.4 instead of 0.5 (more positives per box, most of all
+  for the small shapes, 75% of which only the forced match covers at 0.5), and the box
+  loss weighs 3x the class loss instead of 1x. Measured on the shapes val split (AMD
+  EPYC, AVX-512, 2 cores, 2026-12-03; README): at 700 / 600 steps they lift AP from
+  0.45 to 0.54-0.56; at 1200 steps AP is about 0.62, against 0.64 for 2600 steps of
+  the main job. The OD API's 0.5 / 1x stay the defaults of every other experiment.
+  """
+  config = ssdlite_mnv2_shapes()
+  train_steps = 1200
+  config.task.train_data.parser.match_threshold = 0.4
+  config.task.train_data.parser.unmatched_threshold = 0.4
+  config.task.losses.localization_weight = 3.0
+  config.trainer.train_steps = train_steps
+  config.trainer.validation_interval = 600
+  config.trainer.checkpoint_interval = 300
+  config.trainer.optimizer_config.learning_rate.cosine.decay_steps = train_steps
+  return config

@@ -22,7 +22,6 @@ of each model holds.
 import collections
 import json
 import os
-import re
 import subprocess
 
 import numpy as np
@@ -31,18 +30,14 @@ import tensorflow as tf
 from official.core import exp_factory
 from official.core import task_factory
 
+import procfs
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TORCH_SCRIPT = os.path.join(HERE, 'accuracy', 'torchvision_activations.py')
-DEFAULT_TORCH_PYTHON = os.path.join(os.path.dirname(HERE), '.venv-torch', 'bin', 'python')
 # Ops whose outputs are the activations a train step keeps (the rest are scalars,
 # shapes, or views of these).
 COUNTED_OPS = ('Conv2D', 'DepthwiseConv2dNative', 'FusedBatchNormV3', 'Relu6', 'AddV2',
                'BiasAdd', 'Pad')
-
-
-def _rss_mb():
-  with open('/proc/self/status', encoding='ascii') as f:
-    return int(re.search(r'VmRSS:\s+(\d+)', f.read()).group(1)) / 1024
 
 
 def our_activation_mb(size: int, batch: int, num_classes: int, depth: float) -> dict:
@@ -65,13 +60,11 @@ def our_activation_mb(size: int, batch: int, num_classes: int, depth: float) -> 
 
 
 def _torchvision(args):
-  python = (args.torch_python or os.environ.get('MNV2_DET_TORCH_PYTHON')
-            or DEFAULT_TORCH_PYTHON)
-  if not os.path.exists(python):
-    print(f'torchvision: skipped, no torch venv at {python} '
+  if not os.path.exists(args.torch_python):
+    print(f'torchvision: skipped, no torch venv at {args.torch_python} '
           '(benchmarks/accuracy/README.md)')
     return None
-  out = subprocess.run([python, TORCH_SCRIPT, '--size', str(args.size),
+  out = subprocess.run([args.torch_python, TORCH_SCRIPT, '--size', str(args.size),
                         '--batch_size', str(args.batch_size),
                         '--num_classes', str(args.num_classes)],
                        check=True, capture_output=True, text=True).stdout
@@ -79,7 +72,7 @@ def _torchvision(args):
 
 
 def bench_memory(args):
-  import_rss = _rss_mb()  # TensorFlow, tf_keras, Model Garden, mnv2_det imported
+  import_rss = procfs.vm_rss_bytes() / 2**20  # TensorFlow, tf_keras, Model Garden, mnv2_det imported
   ours = our_activation_mb(args.size, args.batch_size, args.num_classes, args.depth)
   print(f'{args.size}x{args.size}, batch {args.batch_size}, {args.num_classes} classes, '
         f'float32 forward activations in training mode')

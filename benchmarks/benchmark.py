@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mnv2_det.export import tflite_convert  # pylint: disable=g-import-not-at-top
 
 from detectors import LATENCY_SCORE_THRESHOLD
+import torch_venv
 
 # subcommand -> (module in this folder, function); imported on use, so that only
 # `tflite` needs the `export` extra (ai-edge-litert).
@@ -111,9 +112,8 @@ def _parser():
   m.add_argument('--batch_size', type=int, default=8)
   m.add_argument('--num_classes', type=int, default=91)
   m.add_argument('--depth', type=float, default=1.0)
-  m.add_argument('--torch_python',
-                 help='python of the venv of accuracy/requirements-torch.txt (default '
-                 '$MNV2_DET_TORCH_PYTHON, else .venv-torch/bin/python of the repository)')
+  m.add_argument('--torch_python', default=torch_venv.default_python(),
+                 help=torch_venv.HELP)
   for p in (b, d, t, q, g):
     p.add_argument('--rounds', type=int, default=3 if p is t else 5)
     p.add_argument('--runs', type=int, default=10)

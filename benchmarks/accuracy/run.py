@@ -53,9 +53,11 @@ sys.path.insert(0, ROOT)
 
 import yaml  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+import procfs  # pylint: disable=g-import-not-at-top,wrong-import-position
+import torch_venv  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 TORCH_SCRIPT = os.path.join(HERE, 'torchvision_ssdlite.py')
 TRAIN_TOOL = os.path.join(ROOT, 'tools', 'train.py')
-DEFAULT_TORCH_PYTHON = os.path.join(ROOT, '.venv-torch', 'bin', 'python')
 # The progress line of tools/train.py (and of torchvision_ssdlite.py, which copies it).
 PROGRESS = re.compile(r'^step (\d+)/(\d+) \|.*\| ([0-9.]+) img/s \|')
 STAT_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl',
@@ -96,11 +98,7 @@ def _tree_rss_bytes(root_pid):
     pid = todo.pop()
     todo += children.get(pid, [])
     try:
-      with open(f'/proc/{pid}/status', encoding='utf-8') as f:
-        for line in f:
-          if line.startswith('VmRSS:'):
-            total += int(line.split()[1]) * 1024
-            break
+      total += procfs.vm_rss_bytes(pid)
     except OSError:
       pass
   return total
@@ -515,11 +513,8 @@ def _parser():
   p.add_argument('--workdir', default='', help='outputs (default: a new temp dir)')
   p.add_argument('--output', default='', help='JSON of the table (default WORKDIR/'
                  'accuracy.json or throughput.json)')
-  p.add_argument('--torch_python',
-                 default=os.environ.get('MNV2_DET_TORCH_PYTHON', DEFAULT_TORCH_PYTHON),
-                 help='python of the venv of requirements-torch.txt (default '
-                      '$MNV2_DET_TORCH_PYTHON, else .venv-torch/bin/python of the '
-                      'repository)')
+  p.add_argument('--torch_python', default=torch_venv.default_python(),
+                 help=torch_venv.HELP)
   p.add_argument('--detectors', nargs='+', default=['ours', 'mg', 'torchvision'],
                  choices=['ours', 'mg', 'torchvision'])
   p.add_argument('--throughput', action='store_true',

@@ -16,16 +16,15 @@ Prints one JSON object: {"total_mb": ..., "by_module_type": {type: MB}, "import_
 import argparse
 import collections
 import json
-import re
+import os
+import sys
 
 import torch
 import torchvision  # pylint: disable=unused-import  (counted in import_rss_mb)
 from torchvision.models.detection import ssdlite320_mobilenet_v3_large
 
-
-def _rss_mb():
-  with open('/proc/self/status', encoding='ascii') as f:
-    return int(re.search(r'VmRSS:\s+(\d+)', f.read()).group(1)) / 1024
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import procfs  # pylint: disable=g-import-not-at-top,wrong-import-position  (stdlib only)
 
 
 def main():
@@ -34,7 +33,7 @@ def main():
   parser.add_argument('--batch_size', type=int, default=8)
   parser.add_argument('--num_classes', type=int, default=91)
   args = parser.parse_args()
-  import_rss = _rss_mb()
+  import_rss = procfs.vm_rss_bytes() / 2**20
   model = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None,
                                         num_classes=args.num_classes)
   model.train()
